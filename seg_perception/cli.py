@@ -1,0 +1,59 @@
+"""``seg-perception <command>``: the package's command line.
+
+Each command lives in its own module and exposes ``add_arguments(parser)`` and ``run(args)``;
+this file only lists them. Command modules keep heavy imports (torch, rclpy) inside ``run`` so
+that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "seg_perception.demo",
+        "synthetic bag -> seg_node -> recorded outputs + contact sheet",
+    ),
+    "synth": (
+        "seg_perception.data.synth_cli",
+        "generate synthetic street scenes (bag or Cityscapes)",
+    ),
+    "bench": ("seg_perception.bench", "benchmarks that print tables (node)"),
+    "params": (
+        "seg_perception.params_cli",
+        "list the node parameters with defaults and descriptions",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seg-perception",
+        description="Semantic and panoptic segmentation for ROS 2: tools around seg_node.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

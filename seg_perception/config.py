@@ -1,0 +1,257 @@
+"""Typed configuration shared by the node, the pipeline and the CLI.
+
+``config/seg.yaml`` (ROS 2 parameter-file format, ``seg_node: ros__parameters: ...``) is the one
+source of default values; this module holds the *schema*: every key's type, description and allowed
+values. Nested YAML mappings become dotted names (``engine.threads``), as ROS 2 flattens them
+into parameter names. Unknown keys and wrong types are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE = "seg_perception"
+NODE_NAME = "seg_node"
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key and the source."""
+
+
+def _spec(
+    description: str,
+    *,
+    choices: tuple[Any, ...] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    return field(
+        metadata={
+            "description": description,
+            "choices": choices,
+            "minimum": minimum,
+            "maximum": maximum,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    """Every node parameter. Defaults live in ``config/seg.yaml``, not here."""
+
+    model: str = _spec("Real-time semantic network.", choices=("gun", "shelfnet"))
+    weights: str = _spec(
+        "Weights file (.safetensors or .pt) of the semantic network. A relative path is looked up "
+        "in the current directory, then in the package's share directory."
+    )
+    allow_random_weights: bool = _spec(
+        "Start with randomly initialised weights when the weights file does not exist "
+        "(for demos and tests only: the output is meaningless)."
+    )
+    labels: str = _spec("Label table: 'cityscapes' or a YAML file with a 'labels' list.")
+    input_transport: str = _spec(
+        "'raw' subscribes to 'image' (sensor_msgs/Image); 'compressed' to 'image/compressed' "
+        "(sensor_msgs/CompressedImage).",
+        choices=("raw", "compressed"),
+    )
+    network_height: int = _spec(
+        "Network input height in pixels (multiple of 32).", minimum=32, maximum=4096
+    )
+    network_width: int = _spec(
+        "Network input width in pixels (multiple of 32).", minimum=32, maximum=8192
+    )
+    backend: str = _spec("Inference backend.", choices=("torch",))
+    device: str = _spec("Torch device: 'cpu' or 'cuda[:N]'.")
+    threads: int = _spec("CPU threads for inference (0 = library default).", minimum=0, maximum=256)
+    overlay_alpha: float = _spec(
+        "Weight of the label colours in segmentation/overlay.", minimum=0.0, maximum=1.0
+    )
+    max_pixels: int = _spec(
+        "Input images with more pixels are rejected (bad frame).", minimum=1, maximum=1 << 30
+    )
+    diagnostics_period_s: float = _spec(
+        "Period of /diagnostics messages in seconds.", minimum=0.05, maximum=3600.0
+    )
+    warmup_frames: int = _spec(
+        "Engine warm-up runs before the first frame.", minimum=0, maximum=100
+    )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        hints = {"str": str, "int": int, "float": float, "bool": bool}
+        return {f.name: hints[str(f.type)] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def description(cls, key: str) -> str:
+        f = {f.name: f for f in dataclasses.fields(cls)}[key]
+        meta = f.metadata
+        text = meta["description"]
+        if meta["choices"]:
+            text += f" One of: {', '.join(map(str, meta['choices']))}."
+        return text
+
+    def replace(self, **changes: Any) -> SegConfig:
+        return validate({**dataclasses.asdict(self), **changes}, source="override")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (ROS 2 parameter naming)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _check_value(key: str, value: Any, source: str) -> Any:
+    types = SegConfig.field_types()
+    want = types[key]
+    meta = {f.name: f.metadata for f in dataclasses.fields(SegConfig)}[key]
+    ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"{source}: parameter '{key}' must be {want.__name__}, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(
+            f"{source}: parameter '{key}' must be one of {', '.join(map(str, meta['choices']))}, "
+            f"got {value!r}"
+        )
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise ConfigError(f"{source}: parameter '{key}' must be >= {meta['minimum']}, got {value}")
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        raise ConfigError(f"{source}: parameter '{key}' must be <= {meta['maximum']}, got {value}")
+    return value
+
+
+def validate(values: Mapping[str, Any], *, source: str, partial: bool = False) -> Any:
+    """Check a flat ``{dotted_key: value}`` mapping against the schema.
+
+    Returns a :class:`SegConfig`, or (``partial=True``) the checked dict, which may lack keys.
+    """
+    known = SegConfig.names()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(known)}"
+        )
+    checked = {k: _check_value(k, v, source) for k, v in values.items()}
+    if partial:
+        return checked
+    missing = [k for k in known if k not in checked]
+    if missing:
+        raise ConfigError(f"{source}: missing parameter(s) {', '.join(missing)}")
+    cfg = SegConfig(**checked)
+    for key in ("network_height", "network_width"):
+        if getattr(cfg, key) % 32:
+            raise ConfigError(
+                f"{source}: parameter '{key}' must be a multiple of 32, got {getattr(cfg, key)}"
+            )
+    return cfg
+
+
+def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """Read the flat parameters of ``node_name`` from a ROS 2 parameter file.
+
+    Accepts ``seg_node:``, ``/seg_node:``, a namespaced ``/ns/seg_node:`` and the ``/**:`` wildcard.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected a mapping '{node_name}: ros__parameters: ...'")
+    params: dict[str, Any] = {}
+    matched = False
+    for key, body in doc.items():
+        name = str(key).rstrip("/").split("/")[-1]
+        if name not in (node_name, "**"):
+            continue
+        matched = True
+        if not isinstance(body, dict) or set(body) != {"ros__parameters"}:
+            raise ConfigError(f"{p}: '{key}' must contain exactly one key 'ros__parameters'")
+        section = body["ros__parameters"] or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{p}: '{key}.ros__parameters' must be a mapping")
+        params.update(flatten(section))
+    if not matched:
+        raise ConfigError(f"{p}: no '{node_name}:' (or '/**:') section with ros__parameters")
+    return params
+
+
+def package_share() -> Path | None:
+    """The installed share directory of the package, or None when running from a source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:
+        candidate = Path(sys.prefix) / "share" / PACKAGE
+        return candidate if candidate.is_dir() else None
+
+
+def source_root() -> Path:
+    """The repository root when running from a source checkout (editable install)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def find_data_file(relative: str) -> Path:
+    """Locate a shipped file (``config/seg.yaml``, ``models/x``): source tree first, then share."""
+    candidates = [source_root() / relative]
+    share = package_share()
+    if share is not None:
+        candidates.append(share / relative)
+    for c in candidates:
+        if c.exists():
+            return c
+    raise ConfigError(f"shipped file {relative!r} not found in {', '.join(map(str, candidates))}")
+
+
+def default_config_path() -> Path:
+    return find_data_file("config/seg.yaml")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> SegConfig:
+    """Defaults from the shipped ``config/seg.yaml``, then ``path``, then ``overrides``."""
+    default_path = default_config_path()
+    values = validate(read_params_file(default_path), source=str(default_path), partial=True)
+    if path is not None and Path(path).resolve() != default_path.resolve():
+        values.update(validate(read_params_file(path), source=str(path), partial=True))
+    if overrides:
+        values.update(validate(dict(overrides), source="overrides", partial=True))
+    return validate(values, source=str(path or default_path))
+
+
+def resolve_path(value: str) -> Path:
+    """Resolve a file parameter: absolute, relative to cwd, then relative to the package data."""
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute() or p.exists():
+        return p
+    try:
+        return find_data_file(value)
+    except ConfigError:
+        return p

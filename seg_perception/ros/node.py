@@ -1,0 +1,256 @@
+"""``seg_node``: camera images in, segmentation images out.
+
+A thin adapter in the ros2/examples style: messages -> arrays -> :class:`Pipeline` -> arrays ->
+messages. Every output carries the input header and the input resolution. Input uses sensor-data
+QoS and a latest-frame policy: the subscription callback only parks the newest message in a
+one-slot mailbox; a worker thread processes whatever is newest when it is free, so a slow engine
+never builds a queue and replaced frames are counted as dropped.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from seg_perception import config as cfgmod
+from seg_perception.engines import EngineError, create_semantic_engine
+from seg_perception.labels import load_label_table
+from seg_perception.pipeline import OVERLAY, SEMANTIC, SEMANTIC_COLOR, Pipeline
+from seg_perception.ros.diagnostics import NodeStats, build_diagnostics
+from seg_perception.ros.image_codec import ImageDecodeError, array_to_imgmsg, msg_to_rgb8
+
+# topic -> (pipeline output, encoding)
+OUTPUT_TOPICS = {
+    "segmentation/semantic": (SEMANTIC, "mono8"),
+    "segmentation/semantic_color": (SEMANTIC_COLOR, "rgb8"),
+    "segmentation/overlay": (OVERLAY, "rgb8"),
+}
+LABELS_TOPIC = "segmentation/labels"
+OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+_ROS_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+# parameters every rclpy node may receive; they are not ours to validate
+_BUILTIN_PARAMS = ("use_sim_time", "start_type_description_service")
+
+
+class SegNode(Node):
+    """The segmentation node. Raises ``ConfigError`` / ``EngineError`` when it cannot start."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(cfgmod.NODE_NAME, **node_kwargs)
+        self.cfg = self._declare_and_read_parameters()
+        self.labels = load_label_table(self.cfg.labels)
+        engine, weights_note = create_semantic_engine(self.cfg, self.labels)
+        log = self.get_logger()
+        if "RANDOM" in weights_note:
+            log.warning(weights_note)
+        else:
+            log.info(weights_note)
+        self.engine_state = "warming"
+        engine.warmup(self.cfg.warmup_frames)
+        self.engine_state = "loaded"
+        self.pipeline = Pipeline(engine, self.labels, overlay_alpha=self.cfg.overlay_alpha)
+        self.stats = NodeStats()
+
+        self._pubs = {
+            topic: self.create_publisher(Image, topic, OUTPUT_QOS) for topic in OUTPUT_TOPICS
+        }
+        self._labels_pub = self.create_publisher(String, LABELS_TOPIC, LATCHED_QOS)
+        self._labels_pub.publish(String(data=self.labels.to_json()))
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics)
+
+        if self.cfg.input_transport == "compressed":
+            self._input_topic = "image/compressed"
+            msg_type: type = CompressedImage
+        else:
+            self._input_topic = "image"
+            msg_type = Image
+        self.create_subscription(
+            msg_type, self._input_topic, self._on_image, qos_profile_sensor_data
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._mailbox: Any = None
+        self._cv = threading.Condition()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
+        self._worker.start()
+        log.info(
+            f"{self.cfg.model} on {self.cfg.backend}/{self.cfg.device} at "
+            f"{self.cfg.network_height}x{self.cfg.network_width}; listening on "
+            f"{self.resolve_topic_name(self._input_topic)}"
+        )
+
+    # ----------------------------------------------------------------- parameters
+    def _declare_and_read_parameters(self) -> cfgmod.SegConfig:
+        default_path = cfgmod.default_config_path()
+        defaults = cfgmod.validate(cfgmod.read_params_file(default_path), source=str(default_path))
+        types = cfgmod.SegConfig.field_types()
+        values = {}
+        for key in cfgmod.SegConfig.names():
+            descriptor = ParameterDescriptor(
+                name=key,
+                type=_ROS_TYPES[types[key]],
+                description=cfgmod.SegConfig.description(key),
+            )
+            param = self.declare_parameter(key, getattr(defaults, key), descriptor)
+            values[key] = param.value
+        overrides = getattr(self, "_parameter_overrides", {})
+        unknown = sorted(
+            n
+            for n in overrides
+            if n not in values and n not in _BUILTIN_PARAMS and not n.startswith("qos_overrides.")
+        )
+        if unknown:
+            raise cfgmod.ConfigError(
+                f"node parameters: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(cfgmod.SegConfig.names())}"
+            )
+        return cfgmod.validate(values, source="node parameters")
+
+    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
+        names = ", ".join(p.name for p in params)
+        return SetParametersResult(
+            successful=False,
+            reason=f"{names}: changing parameters at run time is not supported; "
+            "restart the node with the new value",
+        )
+
+    # ----------------------------------------------------------------- input
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        with self._cv:
+            if self._mailbox is not None:
+                self.stats.dropped_stale += 1
+            self._mailbox = msg
+            self.stats.received += 1
+            self._cv.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while self._mailbox is None and self._running:
+                    self._cv.wait(0.2)
+                if not self._running:
+                    return
+                msg, self._mailbox = self._mailbox, None
+            try:
+                self.process_message(msg)
+            except Exception as exc:
+                self.stats.engine_errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(
+                    f"frame failed: {self.stats.last_error}", throttle_duration_sec=5.0
+                )
+
+    def wanted_outputs(self) -> set[str]:
+        """Pipeline outputs that have at least one subscriber."""
+        return {OUTPUT_TOPICS[t][0] for t, p in self._pubs.items() if p.get_subscription_count()}
+
+    def process_message(self, msg: Image | CompressedImage) -> dict[str, float] | None:
+        """Decode, segment and publish one message; returns stage timings (ms)."""
+        t0 = time.perf_counter()
+        try:
+            pixels = int(getattr(msg, "height", 0)) * int(getattr(msg, "width", 0))
+            if pixels > self.cfg.max_pixels:
+                raise ImageDecodeError(
+                    f"{msg.width}x{msg.height} = {pixels} pixels exceeds max_pixels "
+                    f"{self.cfg.max_pixels}",
+                    reason="too_large",
+                )
+            rgb = msg_to_rgb8(msg)
+        except ImageDecodeError as exc:
+            self.stats.count_bad(exc.reason)
+            self.get_logger().warning(
+                f"dropped bad frame on {self._input_topic}: {exc} "
+                f"(bad frames so far: {self.stats.bad_total})",
+                throttle_duration_sec=2.0,
+            )
+            return None
+        t1 = time.perf_counter()
+        want = self.wanted_outputs()
+        if not want:
+            self.stats.skipped_no_subscribers += 1
+            return None
+        out = self.pipeline.run(rgb, want)
+        t2 = time.perf_counter()
+        for topic, (key, encoding) in OUTPUT_TOPICS.items():
+            array = getattr(out, key)
+            if key in want and array is not None:
+                self._pubs[topic].publish(array_to_imgmsg(array, encoding, header=msg.header))
+        t3 = time.perf_counter()
+        timings = {"decode": (t1 - t0) * 1e3, **out.timings_ms, "publish": (t3 - t2) * 1e3}
+        self.stats.record_frame(total_ms=(t3 - t0) * 1e3, engine_ms=out.timings_ms["engine"])
+        return timings
+
+    # ----------------------------------------------------------------- diagnostics
+    def _publish_diagnostics(self) -> None:
+        self._diag_pub.publish(
+            build_diagnostics(
+                self.get_clock().now().to_msg(),
+                f"{self.get_fully_qualified_name()}",
+                self.stats,
+                engine_state=self.engine_state,
+                engine_name=self.pipeline.engine.name,
+                input_topic=self.resolve_topic_name(self._input_topic),
+            )
+        )
+
+    def shutdown(self) -> None:
+        """Stop the worker thread and release the engine."""
+        with self._cv:
+            self._running = False
+            self._cv.notify_all()
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5.0)
+        self.pipeline.engine.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``seg_node`` executable."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = SegNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (cfgmod.ConfigError, EngineError, FileNotFoundError, ValueError) as exc:
+        print(f"[seg_node] cannot start: {exc}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

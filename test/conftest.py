@@ -1,0 +1,27 @@
+"""Shared fixtures: DDS isolated per test session, small deterministic inputs."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+# DDS traffic of the tests stays on this machine and on a domain of its own, so that parallel
+# runs (or a demo running beside) never see each other's topics.
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.pop("ROS_LOCALHOST_ONLY", None)
+if "SEG_TEST_DOMAIN_ID" not in os.environ:
+    os.environ["SEG_TEST_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 100))
+os.environ["ROS_DOMAIN_ID"] = os.environ["SEG_TEST_DOMAIN_ID"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass

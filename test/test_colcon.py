@@ -1,0 +1,82 @@
+"""The package builds with colcon into a ROS workspace exactly where ROS 2 tools look."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COLCON = Path(sys.executable).with_name("colcon")
+SKIP = {".venv", ".git", ".cache", "demo_out", "build", "install", "log", "__pycache__"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    shutil.copytree(
+        ROOT,
+        ws / "src" / "seg_perception",
+        ignore=lambda d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")],
+    )
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run(
+        [str(COLCON), "build", "--base-paths", "src"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return ws / "install" / "seg_perception"
+
+
+def test_package_xml_parses_with_catkin_pkg():
+    from catkin_pkg.package import parse_package
+
+    pkg = parse_package(str(ROOT))
+    assert pkg.name == "seg_perception" and pkg.package_format == 3
+    assert pkg.get_build_type() == "ament_python"
+    assert "@" in pkg.maintainers[0].email
+    exec_deps = {d.name for d in pkg.exec_depends}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs"} <= exec_deps
+
+
+def test_ament_index_finds_package_and_files(workspace):
+    from ament_index_python.packages import get_package_prefix, get_package_share_directory
+
+    saved = os.environ.get("AMENT_PREFIX_PATH")
+    os.environ["AMENT_PREFIX_PATH"] = str(workspace)
+    try:
+        share = Path(get_package_share_directory("seg_perception"))
+        prefix = Path(get_package_prefix("seg_perception"))
+    finally:
+        if saved is None:
+            os.environ.pop("AMENT_PREFIX_PATH")
+        else:
+            os.environ["AMENT_PREFIX_PATH"] = saved
+    assert share == workspace / "share" / "seg_perception"
+    assert (share / "launch" / "seg.launch.py").is_file()
+    assert (share / "config" / "seg.yaml").is_file()
+    assert (share / "package.xml").is_file()
+    exe = prefix / "lib" / "seg_perception" / "seg_node"
+    assert exe.is_file() and os.access(exe, os.X_OK)
+    assert os.access(prefix / "lib" / "seg_perception" / "seg-perception", os.X_OK)
+
+
+def test_installed_executable_runs_and_validates_parameters(workspace):
+    exe = workspace / "lib" / "seg_perception" / "seg_node"
+    site = next((workspace / "lib").glob("python3*/site-packages"))
+    env = dict(os.environ, PYTHONPATH=str(site), AMENT_PREFIX_PATH=str(workspace))
+    result = subprocess.run(
+        [str(exe), "--ros-args", "-p", "model:=resnet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "model" in result.stderr and "gun, shelfnet" in result.stderr
