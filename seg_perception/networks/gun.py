@@ -1,0 +1,397 @@
+"""Guided Upsampling Network (GUN, Mazzini, BMVC 2018) with the paper's ablation switches.
+
+Default (the paper's final model): two DRN-D-22 branches with shared weights on the input
+downsampled by 2 (medium resolution, ``layer0..layer4``, 128 ch) and by 4 (low resolution,
+``layer0..layer6``, 512 ch) -> *postproc-sum* fusion module -> 1x1 classifier -> Guided
+Upsampling Module steered by the *fusion* guidance module.
+
+Switches (paper tables): ``encoder`` (Table 1), ``fusion`` (Table 2), ``decoder`` /
+``guidance`` (Table 4), ``sampling`` (eq. 2 nearest / eq. 4 bilinear).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seg_perception.networks.drn import DRN, init_conv_bn
+from seg_perception.networks.export import load_weights
+from seg_perception.networks.layers import ConvBNReLU
+
+__all__ = [
+    "DECODERS",
+    "ENCODERS",
+    "FUSIONS",
+    "GUIDANCES",
+    "GUN",
+    "SAMPLINGS",
+    "build_gun",
+    "guided_upsample",
+]
+
+#: encoder -> (low-res branch factor, medium-res branch factors, medium shares the trunk).
+ENCODERS: dict[str, tuple[int, tuple[int, ...], bool]] = {
+    "baseline": (1, (), True),
+    "enc4": (4, (), True),
+    "enc24": (4, (2,), False),
+    "enc24shared": (4, (2,), True),
+    "enc124shared": (4, (2, 1), True),
+}
+#: fusion -> (merge strategy, post-processing step).
+FUSIONS: dict[str, tuple[str, bool]] = {
+    "base_sum": ("sum", False),
+    "base_concat": ("concat", False),
+    "postproc_sum": ("sum", True),
+    "postproc_concat": ("concat", True),
+}
+DECODERS = ("bilinear", "gum")
+GUIDANCES = ("large_rf", "high_res", "fusion")
+SAMPLINGS = ("nearest", "bilinear")
+
+_MEDIUM_STAGE = "layer4"  # "only the first layers of the DRN-D-22 before dilated convolutions"
+_HIGH_RES_STAGE = "layer2"  # 32 ch: "the last Convolution before downsampling" (high-res guide)
+_POST_CHANNELS = 128
+
+
+# --------------------------------------------------------------------------------------------
+# Guided Upsampling Module (paper Sec. 4). Usable by any net: logits + offset table -> output.
+# --------------------------------------------------------------------------------------------
+
+
+def _sampling_grid(offsets: Tensor, in_hw: tuple[int, int]) -> Tensor:
+    """Regular upsampling grid + guidance offsets, in ``grid_sample``'s normalised coordinates.
+
+    Eq. 1 maps target pixel ``x_t`` to source ``x_s``; we use pixel centres,
+    ``x_s = (x_t + 0.5) * w / W - 0.5`` (the ``align_corners=False`` convention of
+    ``F.interpolate``), and add the offset ``p`` (pixels of the ``w``-wide input map).
+    ``grid_sample(align_corners=False)`` reads a normalised ``g`` at pixel ``((g + 1) * w - 1)/2``,
+    so ``g = (2 * x_t + 1) / W - 1 + 2 * p / w``: the output's pixel-centre grid plus ``2p/w``.
+    Returns ``(N, H, W, 2)`` (x, y).
+    """
+    H, W = offsets.shape[-2:]
+    h, w = in_hw
+    dt, dev = offsets.dtype, offsets.device
+    gx = (torch.arange(W, dtype=dt, device=dev) * 2 + 1) / W - 1
+    gy = (torch.arange(H, dtype=dt, device=dev) * 2 + 1) / H - 1
+    base = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)  # (H, W, 2) as x, y
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=dt, device=dev)
+    return base.unsqueeze(0) + offsets.permute(0, 2, 3, 1) * scale
+
+
+class _NearestStraightThrough(torch.autograd.Function):
+    """Nearest sampling (eq. 2) forward; backward: the true gradient w.r.t. the input and the
+    bilinear kernel's (eq. 4) gradient w.r.t. the grid. The paper trains the guidance module
+    "end-to-end by backpropagation", which eq. 2 alone cannot do (piecewise constant in p_i,
+    zero gradient); eq. 4 is "differentiable with respect to U and p_i", so the offsets get
+    its slope (straight-through estimator). Forward values are exactly eq. 2's."""
+
+    @staticmethod
+    def forward(ctx, inp: Tensor, grid: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inp, grid)
+        return F.grid_sample(inp, grid, "nearest", "border", align_corners=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        inp, grid = ctx.saved_tensors
+        g_inp = g_grid = None
+        with torch.enable_grad():
+            if ctx.needs_input_grad[0]:
+                i = inp.detach().requires_grad_(True)
+                out = F.grid_sample(i, grid.detach(), "nearest", "border", align_corners=False)
+                (g_inp,) = torch.autograd.grad(out, i, grad_out)
+            if ctx.needs_input_grad[1]:
+                g = grid.detach().requires_grad_(True)
+                out = F.grid_sample(inp.detach(), g, "bilinear", "border", align_corners=False)
+                (g_grid,) = torch.autograd.grad(out, g, grad_out)
+        return g_inp, g_grid
+
+
+def guided_upsample(
+    logits: Tensor, offsets: Tensor, *, size: tuple[int, int], mode: str = "nearest"
+) -> Tensor:
+    """Guided Upsampling Module: ``(N, C, h, w)`` + offsets ``(N, 2, H, W)`` -> ``(N, C, H, W)``.
+
+    ``offsets[:, 0]`` = p (x), ``offsets[:, 1]`` = q (y), in pixels of the low-res map.
+    ``mode="nearest"`` is eq. 2, ``"bilinear"`` eq. 4; out-of-map samples clamp to the border
+    (``padding_mode="border"``). Convention: pixel centres, ``align_corners=False`` in both the
+    grid and ``grid_sample``. With zero offsets the result equals
+    ``F.interpolate(logits, size, mode="bilinear", align_corners=False)`` up to coordinate
+    rounding (~1e-6), and bit-exactly ``F.interpolate(..., mode="nearest-exact")`` (which is
+    ``mode="nearest"`` for integer factors); only exact .5 ties could differ (``grid_sample``
+    rounds half to even, eq. 2 half up). In training, nearest mode back-propagates the bilinear
+    gradient to the offsets (straight-through, see ``_NearestStraightThrough``).
+    """
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"guided_upsample: invalid mode={mode!r}; valid: nearest, bilinear")
+    if offsets.dim() != 4 or offsets.shape[1] != 2 or tuple(offsets.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"guided_upsample: offsets must be (N, 2, {size[0]}, {size[1]}), "
+            f"got {tuple(offsets.shape)}"
+        )
+    grid = _sampling_grid(offsets.to(logits.dtype), (logits.shape[-2], logits.shape[-1]))
+    if mode == "bilinear":
+        return F.grid_sample(logits, grid, "bilinear", "border", align_corners=False)
+    needs_grad = torch.is_grad_enabled() and (logits.requires_grad or grid.requires_grad)
+    if needs_grad and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        return _NearestStraightThrough.apply(logits, grid)
+    return F.grid_sample(logits, grid, "nearest", "border", align_corners=False)
+
+
+def _offset_head(in_channels: int) -> nn.Conv2d:
+    """1x1 conv -> 2 offset channels. Zero-initialised by :class:`GuidanceModule`, so an
+    untrained GUM is plain upsampling (the identity start of a spatial transformer)."""
+    return nn.Conv2d(in_channels, 2, 1, bias=False)
+
+
+def _up2(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class FusionModule(nn.Module):
+    """Merge the low-res branch with the medium-res branch(es) (paper Sec. 3, Fig. 2).
+
+    ``low (N, 512, h, w)`` is upsampled (bilinear) to the size of the highest-resolution medium
+    input; every ``medium (N, 128, h_i, w_i)`` is "expanded from 128 to 512 channels" by a
+    1x1 conv-BN; the signals are summed (+ReLU) or concatenated. ``postproc`` adds the
+    dimensionality-reducing post-processing step: conv1x1-BN-ReLU to 128 ch + conv3x3-BN-ReLU
+    ("adding more convolutions and non-linearities ... applied to a smaller feature space").
+    Output ``(N, out_channels, H_m, W_m)``. With no medium input the merge is the identity.
+    """
+
+    def __init__(
+        self, *, low_channels: int, medium_channels: int, n_medium: int, merge: str, postproc: bool
+    ) -> None:
+        super().__init__()
+        self.merge = merge
+        self.expand = nn.ModuleList(
+            ConvBNReLU(medium_channels, low_channels, 1, relu=False) for _ in range(n_medium)
+        )
+        merged = low_channels * (1 + n_medium) if merge == "concat" else low_channels
+        self.post: nn.Module = nn.Identity()
+        self.out_channels = merged
+        if postproc:
+            self.post = nn.Sequential(
+                ConvBNReLU(merged, _POST_CHANNELS, 1), ConvBNReLU(_POST_CHANNELS, _POST_CHANNELS, 3)
+            )
+            self.out_channels = _POST_CHANNELS
+
+    def forward(self, low: Tensor, mediums: list[Tensor]) -> Tensor:
+        if not mediums:
+            return self.post(low)
+        size = mediums[-1].shape[-2:]
+        parts = [F.interpolate(low, size=size, mode="bilinear", align_corners=False)]
+        for exp, med in zip(self.expand, mediums, strict=True):
+            m = exp(med)
+            if m.shape[-2:] != size:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            parts.append(m)
+        if self.merge == "concat":
+            merged = torch.cat(parts, dim=1)
+        else:
+            merged = torch.relu(torch.stack(parts).sum(0))
+        return self.post(merged)
+
+
+class GuidanceModule(nn.Module):
+    """Predict the Guidance Offset Table ``(N, 2, H, W)`` (channel 0 = p along x, 1 = q along
+    y, in pixels of the low-res map) from the fusion output ``(N, C, h, w)`` and/or the
+    high-res activation ``(N, 32, H_r, W_r)`` (paper Sec. 4, "Guidance module").
+
+    - ``large_rf``: "three upsampling layers interleaved by Conv-BatchNorm-Relu blocks": x2,
+      CBR3x3 C->64, x2, CBR3x3 64->32, up to (H, W), then the 1x1 offset head.
+    - ``high_res``: "a single convolutional layer ... 1x1 kernel ... maps the 32-dimensional
+      feature space to a 2-dimensional" one (64 parameters) on the high-res activation.
+    - ``fusion``: the *base sum* module on both signals, "two Conv-BatchNorm blocks and a single
+      upsampling layer": 1x1 conv-BN C->32 on the fusion output, upsampled to the high-res
+      activation's size, plus 1x1 conv-BN 32->32 on the high-res activation, ReLU, 1x1 head.
+
+    ``high_res`` / ``fusion`` predict at the high-res activation's resolution; the 2-channel
+    table is then resized bilinearly to ``(H, W)`` (parameter-free part of grid generation).
+    """
+
+    def __init__(self, kind: str, *, fusion_channels: int, high_res_channels: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "large_rf":
+            self.cbr1 = ConvBNReLU(fusion_channels, 64, 3)
+            self.cbr2 = ConvBNReLU(64, 32, 3)
+            self.head = _offset_head(32)
+        elif kind == "high_res":
+            self.head = _offset_head(high_res_channels)
+        else:
+            self.from_fusion = ConvBNReLU(fusion_channels, 32, 1, relu=False)
+            self.from_high_res = ConvBNReLU(high_res_channels, 32, 1, relu=False)
+            self.head = _offset_head(32)
+        init_conv_bn(self)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, fused: Tensor, high_res: Tensor, size: tuple[int, int]) -> Tensor:
+        if self.kind == "large_rf":
+            x = self.cbr2(_up2(self.cbr1(_up2(fused))))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            return self.head(x)
+        if self.kind == "high_res":
+            x = high_res
+        else:
+            f = self.from_fusion(fused)
+            f = F.interpolate(f, size=high_res.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.relu(f + self.from_high_res(high_res))
+        off = self.head(x)
+        return F.interpolate(off, size=size, mode="bilinear", align_corners=False)
+
+
+class GUN(nn.Module):
+    """Guided Upsampling Network.
+
+    ``forward(x)``: normalised image ``(N, 3, H, W)`` -> logits ``(N, num_classes, H, W)``.
+    ``forward_ids(x)``: -> ``(class ids uint8 (N, H, W), confidence float (N, H, W))``.
+    Use :func:`build_gun` to construct it.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        encoder: str,
+        fusion: str,
+        decoder: str,
+        guidance: str,
+        sampling: str,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder, self.decoder = encoder, decoder
+        self.guidance_kind, self.sampling = guidance, sampling
+        self.low_factor, self.medium_factors, shared = ENCODERS[encoder]
+        single = not self.medium_factors
+        # Single-branch encoders (Table 1 baseline / enc4) are the whole DRN-D-22; the low-res
+        # branch of a multi-resolution encoder is "all the layers of a DRN-D-22 with the
+        # exception of the last two" (layer7 / layer8).
+        self.trunk = DRN(last_stage="layer8" if single else "layer6")
+        self.medium_trunk: DRN | None = None
+        if not single and not shared:
+            self.medium_trunk = DRN(last_stage=_MEDIUM_STAGE)
+        merge, postproc = FUSIONS[fusion]
+        self.fusion = FusionModule(
+            low_channels=self.trunk.out_channels,
+            medium_channels=self.trunk.channels(_MEDIUM_STAGE),
+            n_medium=len(self.medium_factors),
+            merge=merge,
+            postproc=postproc,
+        )
+        self.classifier = nn.Conv2d(self.fusion.out_channels, num_classes, 1)
+        self.guidance: GuidanceModule | None = None
+        if decoder == "gum":
+            self.guidance = GuidanceModule(
+                guidance,
+                fusion_channels=self.fusion.out_channels,
+                high_res_channels=self.trunk.channels(_HIGH_RES_STAGE),
+            )
+        init_conv_bn(self.fusion)
+
+    def medium_encoder(self) -> DRN:
+        """The DRN trunk run by the medium-resolution branch(es): the low-res trunk itself when
+        weights are shared, else its own truncated copy."""
+        return self.medium_trunk if self.medium_trunk is not None else self.trunk
+
+    @staticmethod
+    def _downsample(x: Tensor, factor: int) -> Tensor:
+        # Input subsampling by area averaging (factor x factor mean, i.e. anti-aliased).
+        return x if factor == 1 else F.avg_pool2d(x, factor, factor)
+
+    def forward_parts(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """-> (low-res logits ``(N, K, h, w)``, offset table ``(N, 2, H, W)`` or None)."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        mediums: list[Tensor] = []
+        high_res: Tensor | None = None
+        for factor in self.medium_factors:  # coarse -> fine; the last one is the finest
+            taps = self.medium_encoder().forward_taps(
+                self._downsample(x, factor), stop_after=_MEDIUM_STAGE, taps=(_HIGH_RES_STAGE,)
+            )
+            mediums.append(taps[_MEDIUM_STAGE])
+            high_res = taps[_HIGH_RES_STAGE]
+        low_in = self._downsample(x, self.low_factor)
+        if high_res is None:  # single-branch encoders: high-res tap of the only branch
+            taps = self.trunk.forward_taps(
+                low_in, stop_after=self.trunk.stage_names[-1], taps=(_HIGH_RES_STAGE,)
+            )
+            low, high_res = taps[self.trunk.stage_names[-1]], taps[_HIGH_RES_STAGE]
+        else:
+            low = self.trunk(low_in)
+        fused = self.fusion(low, mediums)
+        logits = self.classifier(fused)
+        offsets = None if self.guidance is None else self.guidance(fused, high_res, size)
+        return logits, offsets
+
+    def _upsample(self, low: Tensor, offsets: Tensor | None, size: tuple[int, int]) -> Tensor:
+        if offsets is None:
+            return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        return guided_upsample(low, offsets, size=size, mode=self.sampling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        low, offsets = self.forward_parts(x)
+        return self._upsample(low, offsets, (int(x.shape[-2]), int(x.shape[-1])))
+
+    def forward_ids(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (class ids ``uint8 (N, H, W)``, max softmax probability ``float (N, H, W)``).
+
+        With GUM + nearest sampling the argmax and the confidence are taken at low resolution
+        and sampled with the same guided grid: every output pixel copies one low-res logit
+        vector, so this equals ``forward(x).argmax(1)`` exactly without materialising the
+        ``(N, K, H, W)`` logits.
+        Otherwise (bilinear decoder or sampling) the logits are upsampled first.
+        """
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        low, offsets = self.forward_parts(x)
+        if offsets is None or self.sampling != "nearest":
+            logits = self._upsample(low, offsets, size)
+            return logits.argmax(1).to(torch.uint8), logits.softmax(1).amax(1)
+        ids = low.argmax(1, keepdim=True).to(low.dtype)
+        conf = low.softmax(1).amax(1, keepdim=True)
+        both = guided_upsample(torch.cat([ids, conf], 1), offsets, size=size, mode="nearest")
+        return both[:, 0].round().to(torch.uint8), both[:, 1]
+
+
+def _check(name: str, value: str, valid: tuple[str, ...] | dict) -> None:
+    if value not in valid:
+        raise ValueError(f"build_gun: invalid {name}={value!r}; valid: {', '.join(valid)}")
+
+
+def build_gun(
+    *,
+    num_classes: int = 19,
+    encoder: str = "enc24shared",
+    fusion: str = "postproc_sum",
+    decoder: str = "gum",
+    guidance: str = "fusion",
+    sampling: str = "nearest",
+    weights: str | None = None,
+    backbone_weights: str | None = None,
+) -> GUN:
+    """Build GUN. ``weights``: a full GUN state dict file; ``backbone_weights``: a DRN-D-22
+    state dict (e.g. converted ImageNet weights) loaded into the trunk(s) only. ``guidance``
+    and ``sampling`` only act with ``decoder="gum"``."""
+    _check("encoder", encoder, ENCODERS)
+    _check("fusion", fusion, FUSIONS)
+    _check("decoder", decoder, DECODERS)
+    _check("guidance", guidance, GUIDANCES)
+    _check("sampling", sampling, SAMPLINGS)
+    if not 1 <= num_classes <= 255:
+        raise ValueError(f"build_gun: num_classes must be in 1..255 (uint8 ids), got {num_classes}")
+    model = GUN(
+        num_classes=num_classes,
+        encoder=encoder,
+        fusion=fusion,
+        decoder=decoder,
+        guidance=guidance,
+        sampling=sampling,
+    )
+    if backbone_weights is not None:
+        load_weights(model.trunk, backbone_weights, ignore_unexpected=True)
+        if model.medium_trunk is not None:
+            load_weights(model.medium_trunk, backbone_weights, ignore_unexpected=True)
+    if weights is not None:
+        load_weights(model, weights)
+    return model

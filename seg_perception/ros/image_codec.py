@@ -1,0 +1,509 @@
+"""``sensor_msgs`` Image / CompressedImage <-> NumPy conversion, cv_bridge-compatible.
+
+When a working ROS 2 ``cv_bridge`` is importable (checked on a tiny image at import time, so a
+build against NumPy 1 is detected and skipped), it does the passthrough conversions; otherwise this
+module's own code does, and gives the same arrays and message fields as cv_bridge's
+``imgmsg_to_cv2(msg, "passthrough")`` / ``cv2_to_imgmsg(arr, encoding)`` (rolling branch of
+ros-perception/vision_opencv):
+
+* shape ``(H, W)`` for one channel, ``(H, W, C)`` otherwise; dtype from the encoding exactly as
+  cv_bridge's ``getCvType`` maps it (``yuv422`` = UYVY and ``yuv422_yuy2`` = YUYV are 8UC2);
+* ``step`` row padding is dropped (the result is C-contiguous);
+* ``is_bigendian`` data is returned in native byte order with the right values;
+* ``array_to_imgmsg`` writes the C-order bytes, ``step = len(data) // height`` and
+  ``is_bigendian`` = whether the array's dtype is big-endian.
+
+Deliberate differences from cv_bridge, each a case where cv_bridge crashes or returns garbage:
+invalid messages (empty, short/long data, small step, unknown encoding) raise
+:class:`ImageDecodeError` before the data is read; a ``step`` that is not a multiple of the pixel
+size is decoded by strides (cv_bridge shears the rows); big-endian data works on NumPy 2 (cv_bridge
+calls the removed ``ndarray.newbyteorder``); the newer aliases ``uyvy``/``yuyv`` are accepted.
+
+Memory policy of :func:`imgmsg_to_array`: without row padding or byte swapping it returns a view,
+like cv_bridge, but only into a buffer that belongs to the message object or cannot change:
+``array.array`` (rclpy deserialises every received message into a freshly allocated array; the rmw
+buffer it copies from is the one rclpy reuses, and it is never viewed), ``bytes`` and read-only
+buffers. Writable foreign buffers (``bytearray``, writable ``memoryview``/ndarray, lists) are
+copied. The view keeps the message's array alive; while it exists that ``array.array`` cannot be
+resized in place (assigning a new ``msg.data`` is fine). Pass ``copy=True`` for a private array.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import re
+import sys
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "BACKEND", "HAVE_CV_BRIDGE", "ImageCodecError", "ImageDecodeError", "ImageEncodeError",
+    "array_to_imgmsg", "decode_compressed", "encode_compressed", "encoding_info",
+    "imgmsg_to_array", "msg_to_rgb8", "to_rgb8",
+]  # fmt: skip
+
+
+class ImageCodecError(ValueError):
+    """A conversion failed; ``reason`` is a short machine-readable tag (for drop counters)."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ImageDecodeError(ImageCodecError):
+    """A message could not be turned into an array (``reason``: "empty", "step_too_small",
+    "data_too_short", "data_too_long", "unknown_encoding", "unsupported_encoding",
+    "incompatible_type", "odd_width", "bad_data", "corrupt_compressed")."""
+
+
+class ImageEncodeError(ImageCodecError):
+    """An array could not be turned into a message (``reason``: "bad_shape", "empty",
+    "unsupported_dtype", "incompatible_type", "unknown_encoding", "unsupported_encoding",
+    "unsupported_format", "encode_failed")."""
+
+
+# ------------------------------------------------------------------------------ encodings
+_DEPTHS: dict[str, np.dtype] = {
+    "8U": np.dtype(np.uint8), "8S": np.dtype(np.int8), "16U": np.dtype(np.uint16),
+    "16S": np.dtype(np.int16), "32S": np.dtype(np.int32), "32F": np.dtype(np.float32),
+    "64F": np.dtype(np.float64),
+}  # fmt: skip
+_DTYPE_TO_DEPTH = {dt: name for name, dt in _DEPTHS.items()}
+# Named encodings exactly as cv_bridge's getCvType maps them (depth, channels).
+_NAMED: dict[str, tuple[str, int]] = {
+    "rgb8": ("8U", 3), "bgr8": ("8U", 3), "rgba8": ("8U", 4), "bgra8": ("8U", 4),
+    "rgb16": ("16U", 3), "bgr16": ("16U", 3), "rgba16": ("16U", 4), "bgra16": ("16U", 4),
+    "mono8": ("8U", 1), "mono16": ("16U", 1),
+    **{f"bayer_{p}8": ("8U", 1) for p in ("rggb", "bggr", "gbrg", "grbg")},
+    **{f"bayer_{p}16": ("16U", 1) for p in ("rggb", "bggr", "gbrg", "grbg")},
+    "yuv422": ("8U", 2), "yuv422_yuy2": ("8U", 2),
+}  # fmt: skip
+# sensor_msgs/image_encodings aliases newer than cv_bridge's table: same layout.
+_ALIASES = {"uyvy": ("8U", 2), "yuyv": ("8U", 2)}
+# In sensor_msgs but not representable as one (H, W, C) array, so cv_bridge rejects them too.
+_UNSUPPORTED = ("nv12", "nv21", "nv24")
+# cv_bridge's generic types: "(8U|...|64F)C([0-9]+)" or the bare depth (1 channel).
+_GENERIC = re.compile(r"(8U|8S|16U|16S|32S|32F|64F)(?:C([0-9]+))?")
+_CV_CN_MAX = 512
+
+
+def encoding_info(
+    encoding: str, *, error: type[ImageCodecError] = ImageDecodeError
+) -> tuple[np.dtype, int]:
+    """Native dtype and channel count of a ROS image encoding (cv_bridge's ``getCvType``)."""
+    if encoding in _NAMED or encoding in _ALIASES:
+        depth, channels = _NAMED.get(encoding) or _ALIASES[encoding]
+        return _DEPTHS[depth], channels
+    m = _GENERIC.fullmatch(encoding)
+    if m is not None:
+        channels = int(m.group(2)) if m.group(2) is not None else 1
+        if 1 <= channels <= _CV_CN_MAX:
+            return _DEPTHS[m.group(1)], channels
+    if encoding in _UNSUPPORTED:
+        raise error(
+            f"image encoding {encoding!r} (planar YUV) is not supported: it has no "
+            "(H, W, C) passthrough form",
+            reason="unsupported_encoding",
+        )
+    raise error(
+        f"unknown image encoding {encoding!r}: expected one of "
+        f"{sorted([*_NAMED, *_ALIASES])} or a generic type such as '8UC3', '32FC1'",
+        reason="unknown_encoding",
+    )
+
+
+def _cv_type_name(dtype: np.dtype, channels: int) -> str:
+    return f"{_DTYPE_TO_DEPTH[dtype]}C{channels}"
+
+
+# ------------------------------------------------------------------------------ Image -> array
+def _byte_length(data: Any) -> int | None:
+    """Size in bytes of a message's ``data`` without reading it (None: not a byte buffer)."""
+    if isinstance(data, (bytes, bytearray, list, tuple)):
+        return len(data)
+    try:
+        return memoryview(data).nbytes
+    except TypeError:
+        return None
+
+
+def _byte_view(data: Any) -> tuple[np.ndarray, bool]:
+    """1-D uint8 array over ``data`` and whether a view into it may be handed out."""
+    if isinstance(data, array.array):  # rclpy: owned by this message object alone
+        return np.frombuffer(data, np.uint8), True
+    if isinstance(data, bytes):
+        return np.frombuffer(data, np.uint8), True
+    if isinstance(data, (list, tuple)):
+        try:
+            return np.asarray(data, dtype=np.uint8), False
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise ImageDecodeError(
+                f"image data list is not bytes 0..255: {exc}", reason="bad_data"
+            ) from exc
+    view = memoryview(data)
+    if not view.c_contiguous:
+        return np.frombuffer(view.tobytes(), np.uint8), False
+    return np.frombuffer(view.cast("B"), np.uint8), view.readonly
+
+
+def _validate(msg: Any) -> tuple[np.dtype, int, int]:
+    """Check an Image's fields against its data size; returns (dtype, channels, row_bytes)."""
+    encoding = str(msg.encoding)
+    dtype, channels = encoding_info(encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    what = f"image {width}x{height} {encoding!r}"
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(
+            f"{what}: empty image (height and width must be > 0)", reason="empty"
+        )
+    pixel_bytes = dtype.itemsize * channels
+    row_bytes = width * pixel_bytes
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"{what}: step {step} < width*bytes_per_pixel = {width}*{pixel_bytes} = {row_bytes}",
+            reason="step_too_small",
+        )
+    nbytes = _byte_length(msg.data)
+    if nbytes is None:
+        raise ImageDecodeError(
+            f"{what}: data of type {type(msg.data).__name__} is not a byte buffer",
+            reason="bad_data",
+        )
+    expected = step * height
+    if nbytes != expected:
+        reason = "data_too_short" if nbytes < expected else "data_too_long"
+        raise ImageDecodeError(
+            f"{what}: data has {nbytes} bytes, expected step*height = {step}*{height} = {expected}",
+            reason=reason,
+        )
+    return dtype, channels, row_bytes
+
+
+def _own_imgmsg_to_array(msg: Any, copy: bool) -> np.ndarray:
+    dtype, channels, row_bytes = _validate(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    buf, may_view = _byte_view(msg.data)
+    # Strides instead of cv_bridge's reshape to (H, step // pixel_bytes): also right when the
+    # padding is not a whole number of pixels ("step: Full row length in bytes", sensor_msgs).
+    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    pixel_bytes = dtype.itemsize * channels
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    strides = (step, pixel_bytes) if channels == 1 else (step, pixel_bytes, dtype.itemsize)
+    view = np.ndarray(shape, dtype=wire, buffer=buf, strides=strides)
+    if not wire.isnative:
+        return view.astype(dtype)  # a native-order copy with the same values
+    if copy or not may_view or step != row_bytes:
+        return np.array(view, dtype=dtype, order="C")
+    return view
+
+
+def imgmsg_to_array(msg: Any, *, copy: bool = False) -> np.ndarray:
+    """cv_bridge ``imgmsg_to_cv2(msg, "passthrough")``: ``(H, W)`` or ``(H, W, C)`` array.
+
+    ``msg`` is a ``sensor_msgs.msg.Image`` (or any object with its fields, e.g. from rosbags).
+    The message is validated before its data is read; see the module docstring for when the
+    result is a view into ``msg.data`` (``copy=True`` always returns a private array).
+    Raises :class:`ImageDecodeError`.
+    """
+    if _BRIDGE is not None and _bridge_handles(msg):
+        _validate(msg)
+        out = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+        return np.array(out) if copy else out
+    return _own_imgmsg_to_array(msg, copy)
+
+
+def _bridge_handles(msg: Any) -> bool:
+    """Cases where cv_bridge's passthrough is known to be right (see module docstring)."""
+    encoding = str(msg.encoding)
+    if encoding not in _NAMED and _GENERIC.fullmatch(encoding) is None:
+        return False
+    try:
+        dtype, channels = encoding_info(encoding)
+    except ImageDecodeError:
+        return False
+    # is_bigendian: cv_bridge's byteswap path calls ndarray.newbyteorder (gone in NumPy 2).
+    return not msg.is_bigendian and int(msg.step) % (dtype.itemsize * channels) == 0
+
+
+# ------------------------------------------------------------------------------ array -> Image
+def _msg_types() -> tuple[type, type]:
+    from sensor_msgs.msg import CompressedImage, Image  # lazy: offline tools need no ROS
+
+    return Image, CompressedImage
+
+
+def _u8_array(buf: np.ndarray) -> array.array:
+    """One copy of a C-contiguous array into the ``array.array('B')`` rclpy stores (the fast
+    path of its ``data`` setter; a sequence would be checked element by element)."""
+    out = array.array("B")
+    out.frombytes(buf.reshape(-1).view(np.uint8).data)
+    return out
+
+
+def array_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header: Any = None) -> Any:
+    """cv_bridge ``cv2_to_imgmsg(arr, encoding, header)``: a ``sensor_msgs.msg.Image``.
+
+    ``arr``: ``(H, W)`` or ``(H, W, C)`` of uint8/int8/uint16/int16/int32/float32/float64; its
+    type must be the encoding's (``rgb8`` needs uint8 with 3 channels, ``mono16`` uint16 ...).
+    ``"passthrough"`` writes the generic type name (e.g. ``"32SC1"``). The header is assigned
+    as given (the node passes the input's, so stamp and frame_id carry over).
+    Raises ``TypeError`` for a non-array and :class:`ImageEncodeError` for a bad one.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"array_to_imgmsg expects a numpy.ndarray, got {type(arr).__name__}")
+    if arr.ndim not in (2, 3):
+        raise ImageEncodeError(
+            f"array_to_imgmsg: expected shape (H, W) or (H, W, C), got {arr.shape}",
+            reason="bad_shape",
+        )
+    if arr.size == 0:
+        raise ImageEncodeError(f"array_to_imgmsg: empty array of shape {arr.shape}", reason="empty")
+    native = arr.dtype.newbyteorder("=")
+    if native not in _DTYPE_TO_DEPTH:
+        raise ImageEncodeError(
+            f"array_to_imgmsg: dtype {arr.dtype} has no ROS image type; "
+            f"expected one of {sorted(str(d) for d in _DTYPE_TO_DEPTH)}",
+            reason="unsupported_dtype",
+        )
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    cv_type = _cv_type_name(native, channels)
+    if encoding == "passthrough":
+        encoding = cv_type
+    else:
+        want_dtype, want_channels = encoding_info(encoding, error=ImageEncodeError)
+        if (want_dtype, want_channels) != (native, channels):
+            raise ImageEncodeError(
+                f"array_to_imgmsg: encoding {encoding!r} needs "
+                f"{_cv_type_name(want_dtype, want_channels)} but the array is {cv_type} "
+                f"(dtype {arr.dtype}, shape {arr.shape})",
+                reason="incompatible_type",
+            )
+    if _BRIDGE is not None and encoding not in _ALIASES:
+        return _BRIDGE.cv2_to_imgmsg(arr, encoding, header)
+    Image, _ = _msg_types()
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width, msg.encoding = int(arr.shape[0]), int(arr.shape[1]), encoding
+    # cv_bridge: is_bigendian = (dtype.byteorder == '>'); also right on a big-endian host.
+    big = arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big")
+    msg.is_bigendian = int(big and arr.dtype.itemsize > 1)
+    msg.data = _u8_array(np.ascontiguousarray(arr))
+    msg.step = len(msg.data) // msg.height
+    return msg
+
+
+# ------------------------------------------------------------------------------ -> RGB
+_BAYER = {  # cv_bridge's table: ROS names the top-left 2x2, OpenCV names the second row.
+    "rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB,
+}  # fmt: skip
+_TO_RGB: dict[str, int | None] = {
+    "rgb8": None, "rgb16": None, "bgr8": cv2.COLOR_BGR2RGB, "bgr16": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB, "rgba16": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB, "bgra16": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB, "mono16": cv2.COLOR_GRAY2RGB,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+    **{f"bayer_{p}{b}": code for p, code in _BAYER.items() for b in (8, 16)},
+}  # fmt: skip
+
+
+def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
+    """Network input: ``(H, W, 3)`` uint8 RGB from a passthrough array of ``encoding``.
+
+    Bayer is demosaiced (bilinear) by OpenCV, ``yuv422``/``uyvy`` and ``yuv422_yuy2``/``yuyv`` go
+    through OpenCV's UYVY/YUY2 conversions (even width needed), mono is replicated, alpha is
+    dropped, 16-bit data is scaled by ``>> 8``. ``rgb8`` input is returned as is when contiguous.
+    Depth/float/generic types (``16UC1``, ``32FC1`` ...) raise :class:`ImageDecodeError` with
+    reason "unsupported_encoding"; an array that does not match the encoding "incompatible_type".
+    """
+    dtype, channels = encoding_info(encoding)
+    if encoding not in _TO_RGB:
+        raise ImageDecodeError(
+            f"to_rgb8: encoding {encoding!r} carries no colour (depth, float "
+            f"or generic data); colour encodings: {sorted(_TO_RGB)}",
+            reason="unsupported_encoding",
+        )
+    if arr.ndim == 3 and channels == 1 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    want_shape = 2 if channels == 1 else 3
+    if (
+        arr.dtype.newbyteorder("=") != dtype
+        or arr.ndim != want_shape
+        or (channels > 1 and arr.shape[2] != channels)
+    ):
+        raise ImageDecodeError(
+            f"to_rgb8: encoding {encoding!r} needs {dtype} with {channels} "
+            f"channel(s), got {arr.dtype} of shape {arr.shape}",
+            reason="incompatible_type",
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageDecodeError(
+            f"to_rgb8: empty {encoding!r} image of shape {arr.shape}", reason="empty"
+        )
+    code = _TO_RGB[encoding]
+    if code in (cv2.COLOR_YUV2RGB_UYVY, cv2.COLOR_YUV2RGB_YUY2) and arr.shape[1] % 2:
+        raise ImageDecodeError(
+            f"to_rgb8: 4:2:2 encoding {encoding!r} needs an even width, got {arr.shape[1]}",
+            reason="odd_width",
+        )
+    if not (arr.flags.c_contiguous and arr.dtype.isnative):
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    if code is not None and encoding.startswith("bayer_"):  # demosaic at full depth, then scale
+        arr, code = cv2.cvtColor(arr, code), None
+    if dtype.itemsize == 2:
+        arr = np.right_shift(arr, 8).astype(np.uint8)
+    return arr if code is None else cv2.cvtColor(arr, code)
+
+
+# ------------------------------------------------------------------------------ compressed
+# sensor_msgs image_encodings isColor(): the encodings image_transport colour-converts.
+_COLOR = {f"{c}{b}" for c in ("rgb", "bgr", "rgba", "bgra") for b in (8, 16)} | {
+    "yuv422", "yuv422_yuy2", "uyvy", "yuyv"}  # fmt: skip
+
+
+def decode_compressed(msg: Any) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` -> ``(H, W, 3)`` uint8 RGB (``cv2.imdecode``).
+
+    Channel order follows image_transport's compressed subscriber: the decoded pixels are BGR
+    unless the format is "<colour encoding>; ... compressed <x>" with ``x`` not starting with
+    "bgr" (then the payload was written in RGB order). Grey and 16-bit payloads become 8-bit RGB.
+    Raises :class:`ImageDecodeError` ("empty", "unsupported_encoding" for compressedDepth,
+    "corrupt_compressed").
+    """
+    fmt = str(msg.format)
+    nbytes = _byte_length(msg.data)
+    if not nbytes:
+        raise ImageDecodeError(f"compressed image (format {fmt!r}) has no data", reason="empty")
+    buf, _ = _byte_view(msg.data)
+    if "compresseddepth" in fmt.lower():
+        raise ImageDecodeError(
+            f"compressed image format {fmt!r}: depth images have no RGB form",
+            reason="unsupported_encoding",
+        )
+    # A JPEG cut short still decodes (grey rows, a libjpeg warning); its entropy data cannot
+    # contain the EOI marker FF D9 (0xFF is stuffed), so a missing EOI near the end means cut.
+    if buf[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buf[-64:].tobytes():
+        raise ImageDecodeError(
+            f"compressed image (format {fmt!r}, {nbytes} bytes): truncated "
+            "JPEG (no end-of-image marker)",
+            reason="corrupt_compressed",
+        )
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        img, detail = None, str(exc).strip().splitlines()[-1]
+    else:
+        detail = "cv2.imdecode returned nothing"
+    if img is None or img.size == 0:
+        raise ImageDecodeError(
+            f"compressed image (format {fmt!r}, {nbytes} bytes) could not be decoded: {detail}",
+            reason="corrupt_compressed",
+        )
+    encoding, sep, rest = fmt.partition(";")
+    # compressed_subscriber: for a colour encoding, "compressed bgr..." means BGR pixels,
+    # anything else means the payload already holds RGB; without ";" it is BGR (cv2 default).
+    payload_is_rgb = bool(sep) and encoding.strip() in _COLOR and "compressed bgr" not in rest
+    return img if payload_is_rgb else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def encode_compressed(
+    rgb: np.ndarray, *, fmt: str = "jpeg", quality: int = 90, png_level: int = 3, header: Any = None
+) -> Any:
+    """``(H, W, 3)`` uint8 RGB (or ``(H, W)`` mono8) -> ``sensor_msgs.msg.CompressedImage``.
+
+    ``format`` is written as image_transport's compressed publisher writes it:
+    "rgb8; jpeg compressed bgr8", "rgb8; png compressed bgr8", "mono8; jpeg compressed mono8",
+    "mono8; png compressed " (sic). ``quality`` 1..100 is the JPEG quality, ``png_level`` 0..9
+    the PNG compression level. Raises :class:`ImageEncodeError`.
+    """
+    kind = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}.get(fmt.lower())
+    if kind is None:
+        raise ImageEncodeError(
+            f"encode_compressed: format {fmt!r} not supported, expected 'jpeg' or 'png'",
+            reason="unsupported_format",
+        )
+    mono = isinstance(rgb, np.ndarray) and rgb.ndim == 2
+    if (
+        not isinstance(rgb, np.ndarray)
+        or rgb.dtype != np.uint8
+        or not (mono or (rgb.ndim == 3 and rgb.shape[2] == 3))
+        or rgb.size == 0
+    ):
+        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ImageEncodeError(
+            f"encode_compressed: expected (H, W, 3) or (H, W) uint8, got {got}", reason="bad_shape"
+        )
+    if not 1 <= quality <= 100 or not 0 <= png_level <= 9:
+        raise ImageEncodeError(
+            f"encode_compressed: quality must be 1..100 and png_level 0..9, "
+            f"got {quality}, {png_level}",
+            reason="bad_parameter",
+        )
+    image = rgb if mono else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if kind == "jpeg":
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        target = "mono8" if mono else "bgr8"
+    else:
+        ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)])
+        target = "" if mono else "bgr8"  # the publisher appends nothing for grey PNG
+    if not ok:
+        raise ImageEncodeError(
+            f"encode_compressed: cv2.imencode({kind}) failed for shape {rgb.shape}",
+            reason="encode_failed",
+        )
+    _, CompressedImage = _msg_types()
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = f"{'mono8' if mono else 'rgb8'}; {kind} compressed {target}"
+    msg.data = _u8_array(data)
+    return msg
+
+
+def msg_to_rgb8(msg: Any) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB from an Image or a CompressedImage (dispatch on the fields)."""
+    if hasattr(msg, "encoding") and hasattr(msg, "step"):
+        return to_rgb8(imgmsg_to_array(msg), str(msg.encoding))
+    if hasattr(msg, "format") and hasattr(msg, "data"):
+        return decode_compressed(msg)
+    raise TypeError(
+        f"msg_to_rgb8 expects sensor_msgs Image or CompressedImage, got {type(msg).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------------ cv_bridge
+def _probe_cv_bridge() -> Any | None:
+    """A ``CvBridge`` if one imports and round-trips a tiny image correctly here, else None.
+
+    Set ``SEG_PERCEPTION_NO_CV_BRIDGE=1`` to force the own conversion.
+    """
+    if os.environ.get("SEG_PERCEPTION_NO_CV_BRIDGE", "") not in ("", "0"):
+        return None
+    try:
+        from cv_bridge import CvBridge
+
+        bridge = CvBridge()
+        for ref, encoding in (
+            (np.arange(18, dtype=np.uint8).reshape(2, 3, 3), "rgb8"),
+            (np.arange(6, dtype=np.uint16).reshape(2, 3) * 4099, "mono16"),
+        ):
+            msg = bridge.cv2_to_imgmsg(ref, encoding)
+            back = bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+            mine = _own_imgmsg_to_array(msg, copy=True)
+            same = back.dtype == ref.dtype and back.shape == ref.shape
+            if not (same and np.array_equal(back, ref) and np.array_equal(mine, ref)):
+                return None
+        return bridge
+    except Exception:  # any failure (ImportError, a NumPy-1 build, ...) -> own code
+        return None
+
+
+_BRIDGE: Any | None = _probe_cv_bridge()
+HAVE_CV_BRIDGE: bool = _BRIDGE is not None
+BACKEND: str = "cv_bridge" if HAVE_CV_BRIDGE else "numpy"

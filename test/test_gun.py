@@ -1,0 +1,210 @@
+"""GUN, its DRN-D-22 trunk and the Guided Upsampling Module (tiny CPU inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seg_perception.networks import build_model
+from seg_perception.networks.drn import build_drn_d22
+from seg_perception.networks.gun import (
+    DECODERS,
+    ENCODERS,
+    FUSIONS,
+    GUIDANCES,
+    GUN,
+    SAMPLINGS,
+    build_gun,
+    guided_upsample,
+)
+
+H, W = 64, 128
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+def _randomise_offset_head(model: GUN, std: float = 0.3) -> None:
+    """The offset head starts at zero (plain upsampling); give it weights so offsets vary."""
+    assert model.guidance is not None
+    with torch.no_grad():
+        model.guidance.head.weight.normal_(0.0, std)
+
+
+CONFIGS = (
+    [{"encoder": e} for e in ENCODERS]
+    + [{"fusion": f} for f in FUSIONS if f != "postproc_sum"]
+    + [{"decoder": "bilinear"}]
+    + [{"guidance": g} for g in GUIDANCES if g != "fusion"]
+    + [{"sampling": "bilinear"}]
+)
+
+
+@pytest.mark.parametrize("switches", CONFIGS, ids=lambda s: "-".join(s.values()))
+def test_switch_shapes_gradients_determinism(switches: dict[str, str]) -> None:
+    model = build_gun(num_classes=7, **switches)
+    x = torch.randn(2, 3, H, W)
+    target = torch.randint(0, 7, (2, H, W))
+    logits = model(x)
+    assert logits.shape == (2, 7, H, W)
+    F.cross_entropy(logits, target).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+    assert model.classifier.weight.grad.abs().sum() > 0
+    if model.guidance is not None:
+        # The zero-initialised offset head must still receive a learning signal (for nearest
+        # sampling through the straight-through bilinear gradient).
+        assert model.guidance.head.weight.grad.abs().sum() > 0
+    model.eval()
+    if model.guidance is not None:
+        _randomise_offset_head(model)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+
+
+def test_invalid_switches_list_valid_values() -> None:
+    for key, valid in [
+        ("encoder", ENCODERS),
+        ("fusion", FUSIONS),
+        ("decoder", DECODERS),
+        ("guidance", GUIDANCES),
+        ("sampling", SAMPLINGS),
+    ]:
+        with pytest.raises(ValueError, match=key) as err:
+            build_gun(**{key: "nope"})
+        assert all(v in str(err.value) for v in valid)
+
+
+def test_build_model_registry_builds_default_gun() -> None:
+    model = build_model("gun", num_classes=5)
+    assert isinstance(model, GUN)
+    assert (model.encoder, model.decoder, model.guidance_kind, model.sampling) == (
+        "enc24shared",
+        "gum",
+        "fusion",
+        "nearest",
+    )
+    assert model.classifier.out_channels == 5
+
+
+def test_drn_d22_layout() -> None:
+    drn = build_drn_d22().eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        taps = drn.forward_taps(x, stop_after="layer8", taps=("layer2", "layer4", "layer6"))
+    assert taps["layer2"].shape == (1, 32, 32, 48)
+    assert taps["layer4"].shape == (1, 128, 8, 12)  # medium-branch output: 128 ch, stride 8
+    assert taps["layer6"].shape == (1, 512, 8, 12)
+    assert taps["layer8"].shape == (1, 512, 8, 12)
+    # Dilated stages keep the resolution: layer5 blocks dilation 2, layer6 dilation 4.
+    assert drn.layer5[0].conv1.dilation == (2, 2) and drn.layer6[1].conv2.dilation == (4, 4)
+    assert drn.layer7[0].dilation == (2, 2) and drn.layer8[0].dilation == (1, 1)
+    assert not hasattr(drn.layer7, "downsample")  # degridding tail has no residual
+    with pytest.raises(ValueError, match="layer9"):
+        drn.forward_features(x, stop_after="layer9")
+    short = build_drn_d22(last_stage="layer4")
+    assert not hasattr(short, "layer5") and short.out_channels == 128
+
+
+def test_enc24shared_shares_the_trunk() -> None:
+    shared, separate = build_gun(encoder="enc24shared"), build_gun(encoder="enc24")
+    trunk_ids = {id(p) for p in shared.trunk.parameters()}
+    medium = list(shared.medium_encoder().named_parameters())
+    assert medium and all(id(p) in trunk_ids for _, p in medium)
+    assert shared.medium_encoder().layer4[1].conv2.weight is shared.trunk.layer4[1].conv2.weight
+    sep_trunk = {id(p) for p in separate.trunk.parameters()}
+    assert not any(id(p) in sep_trunk for p in separate.medium_encoder().parameters())
+    n_shared = sum(p.numel() for p in shared.parameters())
+    n_separate = sum(p.numel() for p in separate.parameters())
+    n_front = sum(p.numel() for p in separate.medium_encoder().parameters())
+    assert n_separate - n_shared == n_front > 0
+
+
+@pytest.mark.parametrize(("h", "w", "out"), [(4, 6, (16, 24)), (8, 16, (64, 128))])
+def test_gum_zero_offsets_equals_interpolate(h: int, w: int, out: tuple[int, int]) -> None:
+    u = torch.randn(2, 3, h, w)
+    zero = torch.zeros(2, 2, *out)
+    near = guided_upsample(u, zero, size=out, mode="nearest")
+    assert torch.equal(near, F.interpolate(u, size=out, mode="nearest"))
+    bil = guided_upsample(u, zero, size=out, mode="bilinear")
+    ref = F.interpolate(u, size=out, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(bil, ref, rtol=0, atol=2e-6)  # coordinate rounding only
+
+
+def test_gum_nearest_exact_for_non_integer_factor() -> None:
+    u = torch.randn(1, 2, 5, 7)
+    out = guided_upsample(u, torch.zeros(1, 2, 16, 24), size=(16, 24), mode="nearest")
+    assert torch.equal(out, F.interpolate(u, size=(16, 24), mode="nearest-exact"))
+
+
+@pytest.mark.parametrize("mode", SAMPLINGS)
+def test_gum_offsets_are_in_low_res_pixels(mode: str) -> None:
+    # Upsampling factor 4; an offset of k low-res pixels equals sampling the map shifted by k.
+    # The first/last 4 output columns/rows are skipped where only one side clamps at the border.
+    u = torch.randn(1, 3, 6, 8)
+    zero = torch.zeros(1, 2, 24, 32)
+    off = zero.clone()
+    off[:, 0] = 1.0  # p = +1: one low-res pixel to the right
+    shifted = torch.cat([u[..., 1:], u[..., -1:]], dim=-1)
+    got = guided_upsample(u, off, size=(24, 32), mode=mode)
+    expected = guided_upsample(shifted, zero, size=(24, 32), mode=mode)
+    torch.testing.assert_close(got[..., 4:], expected[..., 4:], rtol=0, atol=2e-6)
+    assert not torch.allclose(got, guided_upsample(u, zero, size=(24, 32), mode=mode))
+    off = zero.clone()
+    off[:, 1] = -2.0  # q = -2: two low-res rows up
+    shifted = torch.cat([u[..., :1, :], u[..., :1, :], u[..., :-2, :]], dim=-2)
+    got = guided_upsample(u, off, size=(24, 32), mode=mode)
+    expected = guided_upsample(shifted, zero, size=(24, 32), mode=mode)
+    torch.testing.assert_close(got[..., :-4, :], expected[..., :-4, :], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("mode", SAMPLINGS)
+def test_gum_differentiable_wrt_offsets(mode: str) -> None:
+    u = torch.randn(1, 4, 6, 8, requires_grad=True)
+    off = (torch.randn(1, 2, 24, 32) * 0.7).requires_grad_(True)
+    out = guided_upsample(u, off, size=(24, 32), mode=mode)
+    with torch.no_grad():
+        plain = guided_upsample(u, off, size=(24, 32), mode=mode)
+    assert torch.equal(out, plain)  # straight-through does not change the forward values
+    (out * torch.randn_like(out)).sum().backward()
+    assert off.grad is not None and off.grad.abs().sum() > 0
+    assert torch.isfinite(off.grad).all()
+    assert u.grad is not None and u.grad.abs().sum() > 0
+
+
+def test_gum_rejects_bad_offsets_and_mode() -> None:
+    u = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"\(N, 2, 8, 8\)"):
+        guided_upsample(u, torch.zeros(1, 2, 4, 4), size=(8, 8))
+    with pytest.raises(ValueError, match="bicubic"):
+        guided_upsample(u, torch.zeros(1, 2, 8, 8), size=(8, 8), mode="bicubic")
+
+
+@pytest.mark.parametrize("switches", [{}, {"guidance": "high_res"}, {"sampling": "bilinear"}])
+def test_forward_ids_matches_argmax(switches: dict[str, str]) -> None:
+    model = build_gun(**switches).eval()
+    _randomise_offset_head(model)
+    x = torch.randn(2, 3, H, W)
+    with torch.no_grad():
+        logits = model(x)
+        offsets = model.forward_parts(x)[1]
+        ids, conf = model.forward_ids(x)
+    assert offsets is not None and offsets.abs().max() > 0.5  # the guidance really steers
+    assert ids.dtype == torch.uint8 and ids.shape == (2, H, W)
+    assert torch.equal(ids, logits.argmax(1).to(torch.uint8))  # 100 % of the pixels
+    torch.testing.assert_close(conf, logits.softmax(1).amax(1))
+
+
+def test_forward_ids_bilinear_decoder() -> None:
+    model = build_gun(decoder="bilinear").eval()
+    x = torch.randn(1, 3, H, W)
+    with torch.no_grad():
+        logits, (ids, conf) = model(x), model.forward_ids(x)
+    assert torch.equal(ids, logits.argmax(1).to(torch.uint8))
+    assert ((conf > 0) & (conf <= 1)).all()
