@@ -13,18 +13,22 @@ from launch import LaunchDescription
 
 
 def _node(context, *args, **kwargs):
+    from seg_perception.config import read_params_file
+
     image_topic = LaunchConfiguration("image_topic").perform(context)
     model = LaunchConfiguration("model").perform(context)
-    parameters = [LaunchConfiguration("config")]
+    # The file's 'seg_node:' section only matches a node in the root namespace, so with
+    # namespace:=NS rcl would silently ignore it: pass its parameters to the node directly.
+    parameters = read_params_file(LaunchConfiguration("config").perform(context))
     if model:
-        parameters.append({"model": model})
+        parameters["model"] = model
     return [
         Node(
             package="seg_perception",
             executable="seg_node",
             name="seg_node",
             namespace=LaunchConfiguration("namespace"),
-            parameters=parameters,
+            parameters=[parameters],
             remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
             output="screen",
             emulate_tty=True,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_perception.config import parse_hw
+
 NODE_STAGES = ("decode", "preprocess", "engine", "postprocess", "colorize", "publish")
 
 
@@ -25,14 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--camera", default="1024x2048", help="camera HxW (default 1024x2048)")
     node.add_argument("--network", default="512x1024", help="network HxW (default 512x1024)")
     node.add_argument("--json", default=None, help="also write the results as JSON here")
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"expected HxW like 512x1024, got {text!r}") from None
-    return h, w
 
 
 def machine_line() -> str:
@@ -110,7 +104,7 @@ def print_node_table(result: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "node":
-        result = bench_node(args.frames, _hw(args.camera), _hw(args.network))
+        result = bench_node(args.frames, parse_hw(args.camera), parse_hw(args.network))
         print_node_table(result)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown benchmark {args.what!r}")

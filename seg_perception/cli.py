@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generate synthetic street scenes (bag or Cityscapes)",
     ),
     "bench": ("seg_perception.bench", "benchmarks that print tables (node)"),
+    "export": ("seg_perception.networks.export_cli", "export a network's export form to ONNX"),
+    "models": ("seg_perception.networks.report", "list the networks: switches, parameters, GFLOPs"),
     "params": (
         "seg_perception.params_cli",
         "list the node parameters with defaults and descriptions",

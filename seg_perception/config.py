@@ -255,3 +255,14 @@ def resolve_path(value: str) -> Path:
         return find_data_file(value)
     except ConfigError:
         return p
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"512x1024"`` -> ``(512, 1024)``; ValueError naming the text otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"expected a size HxW like 512x1024, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return h, w

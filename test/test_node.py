@@ -302,3 +302,20 @@ def test_subprocess_from_params_file_on_remapped_namespace(ros):
     log = proc.stdout.read().decode(errors="replace")
     assert proc.returncode == 0, log
     assert "Traceback" not in log
+
+
+def test_subprocess_params_file_key_must_match_namespace(tmp_path):
+    body = "  ros__parameters:\n    allow_random_weights: true\n    network_height: 64\n"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("seg_node:\n" + body)
+    cmd = node_command(plain, namespace="/ns_check")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=loopback_env())
+    assert result.returncode == 2
+    assert "plain.yaml" in result.stderr and "/**/seg_node" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**/seg_node:\n  ros__parameters:\n    network_hieght: 64\n")
+    result = subprocess.run(
+        node_command(bad), capture_output=True, text=True, timeout=120, env=loopback_env()
+    )
+    assert result.returncode == 2
+    assert "bad.yaml" in result.stderr and "network_hieght" in result.stderr

@@ -9,6 +9,7 @@ never builds a queue and replaced frames are counted as dropped.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -56,12 +57,26 @@ _ROS_TYPES = {
 _BUILTIN_PARAMS = ("use_sim_time", "start_type_description_service")
 
 
+def _own_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop the parameters every rclpy node may receive (use_sim_time, qos_overrides.*)."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in _BUILTIN_PARAMS and not k.startswith("qos_overrides.")
+    }
+
+
 class SegNode(Node):
     """The segmentation node. Raises ``ConfigError`` / ``EngineError`` when it cannot start."""
 
-    def __init__(self, **node_kwargs: Any) -> None:
+    def __init__(self, *, params_files: tuple[str, ...] = (), **node_kwargs: Any) -> None:
         super().__init__(cfgmod.NODE_NAME, **node_kwargs)
+        files = {
+            p: cfgmod.validate(_own_params(cfgmod.read_params_file(p)), source=p, partial=True)
+            for p in params_files
+        }  # errors name the file and the key
         self.cfg = self._declare_and_read_parameters()
+        self._check_params_files_applied(files)
         self.labels = load_label_table(self.cfg.labels)
         engine, weights_note = create_semantic_engine(self.cfg, self.labels)
         log = self.get_logger()
@@ -131,6 +146,22 @@ class SegNode(Node):
                 f"valid: {', '.join(cfgmod.SegConfig.names())}"
             )
         return cfgmod.validate(values, source="node parameters")
+
+    def _check_params_files_applied(self, files: dict[str, dict[str, Any]]) -> None:
+        """Every ``--params-file`` must be valid and must reach this node.
+
+        rcl applies a file's ``seg_node:`` section only to a node in the root namespace; under a
+        namespace it would silently keep the defaults. Say so instead, naming the file.
+        """
+        overrides = getattr(self, "_parameter_overrides", {})
+        for path, params in files.items():
+            missing = sorted(k for k in params if k not in overrides)
+            if missing:
+                raise cfgmod.ConfigError(
+                    f"{path}: parameters {', '.join(missing)} did not reach node "
+                    f"{self.get_fully_qualified_name()}: the file's node key does not match its "
+                    "namespace; use '/**/seg_node:' as the top-level key"
+                )
 
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
         names = ", ".join(p.name for p in params)
@@ -229,13 +260,18 @@ class SegNode(Node):
         self.pipeline.engine.close()
 
 
+def params_files_from_args(args: list[str]) -> tuple[str, ...]:
+    """The ``--params-file`` paths of a ROS command line (after ``--ros-args``)."""
+    return tuple(args[i + 1] for i, a in enumerate(args[:-1]) if a == "--params-file")
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``seg_node`` executable."""
     rclpy.init(args=args)
     node = None
     code = 0
     try:
-        node = SegNode()
+        node = SegNode(params_files=params_files_from_args(sys.argv if args is None else args))
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
@@ -245,6 +281,10 @@ def main(args: list[str] | None = None) -> int:
         print(f"[seg_node] cannot start: {exc}", file=sys.stderr)
         code = 2
     finally:
+        # Ctrl-C under `ros2 launch` reaches the node twice (terminal + launch): a second SIGINT
+        # must not interrupt the cleanup with a KeyboardInterrupt traceback.
+        rclpy.uninstall_signal_handlers()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.shutdown()
             node.destroy_node()

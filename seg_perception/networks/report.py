@@ -1,0 +1,111 @@
+"""``seg-perception models``: every builder with its switches, parameter count and GFLOPs.
+
+GFLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass in eval
+mode (2 FLOPs per multiply-add; convolutions, matmuls and the detector's linear layers; RoIAlign,
+NMS and interpolation are not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# The paper configurations the report lists: (label, builder name, switches, paper input size)
+PAPER_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
+    ("GUN (enc24shared, postproc_sum, GUM fusion)", "gun", {}, (512, 1024)),
+    ("ShelfNet-18", "shelfnet", {"backbone": "resnet18"}, (512, 512)),
+    ("ShelfNet-50", "shelfnet", {"backbone": "resnet50"}, (512, 512)),
+    ("Panoptic ASP model (R50-FPN Mask R-CNN + ASP head)", "panoptic_asp", {}, (1024, 2048)),
+)
+
+
+@dataclass
+class ModelRow:
+    label: str
+    model: str
+    switches: dict[str, Any]
+    input_hw: tuple[int, int]
+    params_m: float
+    gflops: float
+
+
+def builder_switches(name: str) -> dict[str, Any]:
+    """Keyword switches of a builder and their defaults (weights paths left out)."""
+    import importlib
+
+    from seg_perception.networks import MODEL_BUILDERS
+
+    module, fn = MODEL_BUILDERS[name].split(":")
+    builder: Callable[..., Any] = getattr(importlib.import_module(module), fn)
+    sig = inspect.signature(builder)
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and "weights" not in p.name
+    }
+
+
+def measure(name: str, switches: dict[str, Any], input_hw: tuple[int, int]) -> tuple[float, float]:
+    """(parameters in millions, GFLOPs of one eval forward at ``input_hw``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from seg_perception.networks import build_model
+
+    h, w = input_hw
+    kwargs = dict(switches)
+    if name == "panoptic_asp":
+        kwargs.setdefault("min_size", min(h, w))
+        kwargs.setdefault("max_size", max(h, w))
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        if name == "panoptic_asp":
+            model([torch.rand(3, h, w)])
+        else:
+            model(torch.randn(1, 3, h, w))
+    return params, counter.get_total_flops() / 1e9
+
+
+def report(input_hw: tuple[int, int] | None = None) -> list[ModelRow]:
+    rows = []
+    for label, name, switches, paper_hw in PAPER_CONFIGS:
+        hw = input_hw or paper_hw
+        params, gflops = measure(name, switches, hw)
+        rows.append(
+            ModelRow(label, name, {**builder_switches(name), **switches}, hw, params, gflops)
+        )
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input", default=None, help="HxW for every model (default: each paper's input size)"
+    )
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from seg_perception.config import parse_hw
+
+    rows = report(parse_hw(args.input) if args.input else None)
+    print(f"| {'model':<52} | {'input':>9} | {'params (M)':>10} | {'GFLOPs':>8} |")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|{'-' * 10}|")
+    for r in rows:
+        hw = f"{r.input_hw[0]}x{r.input_hw[1]}"
+        print(f"| {r.label:<52} | {hw:>9} | {r.params_m:10.2f} | {r.gflops:8.1f} |")
+    print("\nswitches (defaults):")
+    for name in dict.fromkeys(r.model for r in rows):
+        switches = ", ".join(f"{k}={v!r}" for k, v in builder_switches(name).items())
+        print(f"  {name}: {switches}")
+    if args.json:
+        from seg_perception.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
