@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     spin.start()
 
     recorded = out_dir / "outputs.mcap"
-    writer = OutputBag(recorded, storage="mcap")
+    writer = OutputBag(recorded, storage="mcap", overwrite=True)
     lock = threading.Lock()
     published_ns: dict[int, int] = {}  # header stamp -> wall time published
     received: dict[str, dict[int, tuple[int, bytes]]] = {t: {} for t in OUTPUTS}
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         if item.topic.endswith("segmentation/labels"):
             labels_seen.set()
         with lock:
-            writer.write(item.topic, item.msgtype, item.wall_ns, item.rawdata)
+            writer.add_connection(item.topic, item.msgtype)
+            writer.write(item.topic, item.wall_ns, item.rawdata)
         short = item.topic.removeprefix(NAMESPACE + "/")
         if short in received:
             received[short][stamp_of(item.rawdata)] = (item.wall_ns, item.rawdata)
@@ -181,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         def on_publish(topic: str, wall_ns: int, raw: bytes) -> None:
             published_ns[stamp_of(raw)] = wall_ns
             with lock:
-                writer.write(topic, "sensor_msgs/msg/Image", wall_ns, raw)
+                writer.add_connection(topic, "sensor_msgs/msg/Image")
+                writer.write(topic, wall_ns, raw)
             bar.update(1)
 
         play_messages(node, camera, rate=args.rate, on_publish=on_publish)
