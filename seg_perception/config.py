@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,58 @@ def _spec(
 
 
 @dataclass(frozen=True)
+class PanopticConfig:
+    """The panoptic ASP model and when it runs (``panoptic.*`` parameters)."""
+
+    enabled: bool = _spec(
+        "Run the panoptic ASP model and publish segmentation/instance, segmentation/panoptic and "
+        "segmentation/panoptic_color."
+    )
+    mode: str = _spec(
+        "'sync': run on every every_n-th frame in the frame path; 'async': run in its own thread "
+        "on the newest frame whenever it is free (semantic topics never wait for it).",
+        choices=("sync", "async"),
+    )
+    every_n: int = _spec("In sync mode, run on every N-th frame.", minimum=1, maximum=10000)
+    weights: str = _spec("Weights file of the ASP model (same lookup as 'weights').")
+    network_height: int = _spec(
+        "ASP model input height (multiple of 32).", minimum=64, maximum=4096
+    )
+    network_width: int = _spec("ASP model input width (multiple of 32).", minimum=64, maximum=8192)
+    score_threshold: float = _spec(
+        "Detections below this score are ignored.", minimum=0.0, maximum=1.0
+    )
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Fusion of the semantic map and the instances into panoptic output (``fusion.*``)."""
+
+    method: str = _spec(
+        "'heuristic': the fusion paper's category-consistent matching and region growing; "
+        "'baseline': instances by score, overlaps skipped, stuff from the semantic map.",
+        choices=("heuristic", "baseline"),
+    )
+    semantic_source: str = _spec(
+        "Semantic map fused with the instances: 'realtime' (GUN/ShelfNet) or 'asp' (the ASP "
+        "model's own semantic head).",
+        choices=("realtime", "asp"),
+    )
+    min_new_instance_area: int = _spec(
+        "Unmatched foreground segments larger than this (pixels at input resolution) become new "
+        "instances.",
+        minimum=0,
+        maximum=1 << 30,
+    )
+
+
+@dataclass(frozen=True)
 class SegConfig:
-    """Every node parameter. Defaults live in ``config/seg.yaml``, not here."""
+    """Every node parameter. Defaults live in ``config/seg.yaml``, not here.
+
+    Nested sections (``panoptic``, ``fusion``) are ROS parameters with dotted names
+    (``panoptic.every_n``), exactly as a nested YAML mapping in a parameter file.
+    """
 
     model: str = _spec("Real-time semantic network.", choices=("gun", "shelfnet"))
     weights: str = _spec(
@@ -53,7 +104,7 @@ class SegConfig:
         "in the current directory, then in the package's share directory."
     )
     allow_random_weights: bool = _spec(
-        "Start with randomly initialised weights when the weights file does not exist "
+        "Start with randomly initialised weights when a weights file does not exist "
         "(for demos and tests only: the output is meaningless)."
     )
     labels: str = _spec("Label table: 'cityscapes' or a YAML file with a 'labels' list.")
@@ -83,27 +134,62 @@ class SegConfig:
     warmup_frames: int = _spec(
         "Engine warm-up runs before the first frame.", minimum=0, maximum=100
     )
+    panoptic: PanopticConfig = field(metadata={"section": True})
+    fusion: FusionConfig = field(metadata={"section": True})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        """Every parameter name, dotted for nested sections."""
+        return tuple(_leaves(cls))
 
     @classmethod
     def field_types(cls) -> dict[str, type]:
-        hints = {"str": str, "int": int, "float": float, "bool": bool}
-        return {f.name: hints[str(f.type)] for f in dataclasses.fields(cls)}
+        return {name: typ for name, (_, typ) in _leaves(cls).items()}
 
     @classmethod
     def description(cls, key: str) -> str:
-        f = {f.name: f for f in dataclasses.fields(cls)}[key]
-        meta = f.metadata
+        meta = _leaves(cls)[key][0].metadata
         text = meta["description"]
         if meta["choices"]:
             text += f" One of: {', '.join(map(str, meta['choices']))}."
         return text
 
-    def replace(self, **changes: Any) -> SegConfig:
-        return validate({**dataclasses.asdict(self), **changes}, source="override")
+    def get(self, name: str) -> Any:
+        """Value of a (dotted) parameter name."""
+        value: Any = self
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
+
+    def flat(self) -> dict[str, Any]:
+        """``{dotted_name: value}`` of every parameter."""
+        return {name: self.get(name) for name in self.names()}
+
+
+_SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _leaves(cls: type, prefix: str = "") -> dict[str, tuple[dataclasses.Field, type]]:
+    """Dotted parameter name -> (dataclass field, scalar type), sections walked recursively."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[dataclasses.Field, type]] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            out.update(_leaves(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = (f, _SCALARS[hints[f.name].__name__])
+    return out
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            kwargs[f.name] = _build(hints[f.name], values, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = values[prefix + f.name]
+    return cls(**kwargs)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,9 +205,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_value(key: str, value: Any, source: str) -> Any:
-    types = SegConfig.field_types()
-    want = types[key]
-    meta = {f.name: f.metadata for f in dataclasses.fields(SegConfig)}[key]
+    spec, want = _leaves(SegConfig)[key]
+    meta = spec.metadata
     ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -160,11 +245,16 @@ def validate(values: Mapping[str, Any], *, source: str, partial: bool = False) -
     missing = [k for k in known if k not in checked]
     if missing:
         raise ConfigError(f"{source}: missing parameter(s) {', '.join(missing)}")
-    cfg = SegConfig(**checked)
-    for key in ("network_height", "network_width"):
-        if getattr(cfg, key) % 32:
+    cfg = _build(SegConfig, checked)
+    for key in (
+        "network_height",
+        "network_width",
+        "panoptic.network_height",
+        "panoptic.network_width",
+    ):
+        if cfg.get(key) % 32:
             raise ConfigError(
-                f"{source}: parameter '{key}' must be a multiple of 32, got {getattr(cfg, key)}"
+                f"{source}: parameter '{key}' must be a multiple of 32, got {cfg.get(key)}"
             )
     return cfg
 

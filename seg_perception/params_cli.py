@@ -15,6 +15,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     types = SegConfig.field_types()
     for key in SegConfig.names():
-        print(f"{key} ({types[key].__name__}) = {getattr(cfg, key)!r}")
+        print(f"{key} ({types[key].__name__}) = {cfg.get(key)!r}")
         print(f"    {SegConfig.description(key)}")
     return 0

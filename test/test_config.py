@@ -69,3 +69,17 @@ def test_nested_sections_and_wildcard(tmp_path):
         read_params_file(other)
     with pytest.raises(ConfigError, match="not found"):
         read_params_file(tmp_path / "missing.yaml")
+
+
+def test_nested_sections_are_dotted_parameters(tmp_path):
+    assert "panoptic.every_n" in SegConfig.names() and "fusion.method" in SegConfig.names()
+    cfg = load_config(
+        _write(tmp_path, "    panoptic:\n      every_n: 3\n    fusion:\n      method: baseline\n")
+    )
+    assert cfg.panoptic.every_n == 3 and cfg.fusion.method == "baseline"
+    assert cfg.get("panoptic.every_n") == 3 and cfg.flat()["fusion.method"] == "baseline"
+    assert cfg.panoptic.mode == "async"  # shipped default kept
+    with pytest.raises(ConfigError, match=r"user\.yaml.*'panoptic\.evry_n'"):
+        load_config(_write(tmp_path, "    panoptic:\n      evry_n: 3\n"))
+    with pytest.raises(ConfigError, match=r"fusion\.method.*heuristic, baseline"):
+        load_config(_write(tmp_path, "    fusion:\n      method: magic\n"))

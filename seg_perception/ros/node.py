@@ -132,7 +132,7 @@ class SegNode(Node):
                 type=_ROS_TYPES[types[key]],
                 description=cfgmod.SegConfig.description(key),
             )
-            param = self.declare_parameter(key, getattr(defaults, key), descriptor)
+            param = self.declare_parameter(key, defaults.get(key), descriptor)
             values[key] = param.value
         overrides = getattr(self, "_parameter_overrides", {})
         unknown = sorted(
