@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +27,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from seg_perception.atomic import atomic_path
 from seg_perception.networks.panoptic_asp import PanopticASP
+from seg_perception.panoptic import paste_masks  # noqa: F401 - re-exported (host-side pasting)
 
 OUTPUT_NAMES: tuple[str, ...] = ("boxes", "labels", "scores", "masks", "semantic_ids")
 SEMANTIC_UPSAMPLE: tuple[str, ...] = ("bilinear", "nearest")
@@ -183,51 +183,3 @@ def _set_output_shapes(proto: Any, shapes: list[tuple[int, ...]]) -> None:
                 dims.add().dim_param = "K"
             else:
                 dims.add().dim_value = int(n)
-
-
-def paste_masks(
-    masks_lowres: np.ndarray,
-    boxes: np.ndarray,
-    height: int,
-    width: int,
-    threshold: float = 0.5,
-) -> np.ndarray:
-    """Paste low-resolution mask probabilities into the image: ``(K, [1,] M, M) -> (K, H, W)`` bool.
-
-    Each mask covers its box ``(x0, y0, x1, y1)`` (continuous pixel coordinates, pixel ``j`` spans
-    ``[j, j + 1)``). Pixel centres inside the box are sampled bilinearly from the mask, with zeros
-    beyond its border (so the mask fades out over half a mask cell at the box edge, like
-    torchvision's one-cell zero padding), then thresholded with ``>= threshold``. Pure numpy;
-    only the region of each box is touched.
-    """
-    masks = np.asarray(masks_lowres, dtype=np.float32)
-    if masks.ndim == 4:
-        if masks.shape[1] != 1:
-            raise ValueError(f"paste_masks: masks must be (K, 1, M, M), got {masks.shape}")
-        masks = masks[:, 0]
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if masks.ndim != 3 or len(masks) != len(boxes):
-        raise ValueError(
-            f"paste_masks: masks {masks_lowres.shape} and boxes {boxes.shape} do not match"
-        )
-    out = np.zeros((len(boxes), height, width), dtype=bool)
-    for k, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes, strict=True)):
-        bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
-        c0, c1 = max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), width)
-        r0, r1 = max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), height)
-        if c1 <= c0 or r1 <= r0:
-            continue
-        mh, mw = mask.shape
-        # mask coordinates of the pixel centres (mask cell i is centred at i)
-        u = (np.arange(c0, c1) + 0.5 - x0) / bw * mw - 0.5
-        v = (np.arange(r0, r1) + 0.5 - y0) / bh * mh - 0.5
-        padded = np.pad(mask, 1)  # zero border: padded index = mask index + 1
-        u = np.clip(u + 1.0, 0.0, mw + 1.0)
-        v = np.clip(v + 1.0, 0.0, mh + 1.0)
-        u0 = np.minimum(np.floor(u).astype(np.intp), mw)
-        v0 = np.minimum(np.floor(v).astype(np.intp), mh)
-        fu, fv = (u - u0)[None, :], (v - v0)[:, None]
-        top = padded[v0][:, u0] * (1 - fu) + padded[v0][:, u0 + 1] * fu
-        bottom = padded[v0 + 1][:, u0] * (1 - fu) + padded[v0 + 1][:, u0 + 1] * fu
-        out[k, r0:r1, c0:c1] = (top * (1 - fv) + bottom * fv) >= threshold
-    return out
