@@ -1,5 +1,7 @@
 """``seg-perception bench <what>``: benchmarks that print tables (never asserted in tests).
 
+* ``fusion``: the fusion paper's heuristic vs the simple baseline at 1024x2048 on corrupted
+  synthetic ground truth (:mod:`seg_perception.eval.fusion_bench`).
 * ``node``: per-frame cost of each node stage at camera 1024x2048 / network 512x1024, measured on
   the node's own processing path (decode, pre-process, engine, post-process, colourise, publish)
   with a real subscriber on every output, and ``overhead_ratio`` = (all but engine) / engine.
@@ -27,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--camera", default="1024x2048", help="camera HxW (default 1024x2048)")
     node.add_argument("--network", default="512x1024", help="network HxW (default 512x1024)")
     node.add_argument("--json", default=None, help="also write the results as JSON here")
+    fusion = sub.add_parser("fusion", help="fusion heuristic vs baseline: time, mIoU, PQ")
+    fusion.add_argument("--frames", type=int, default=10, help="frames per count (default 10)")
+    fusion.add_argument("--counts", default="5,20,50", help="instance counts (default 5,20,50)")
+    fusion.add_argument("--size", default="1024x2048", help="frame HxW (default 1024x2048)")
+    fusion.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
 def machine_line() -> str:
@@ -106,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "node":
         result = bench_node(args.frames, parse_hw(args.camera), parse_hw(args.network))
         print_node_table(result)
+    elif args.what == "fusion":
+        from seg_perception.eval.fusion_bench import print_fusion_table, run_fusion_bench
+
+        h, w = parse_hw(args.size)
+        counts = tuple(int(c) for c in args.counts.split(","))
+        result = run_fusion_bench(counts, frames=args.frames, height=h, width=w)
+        result["machine"] = machine_line()
+        print_fusion_table(result)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown benchmark {args.what!r}")
     if args.json:

@@ -87,6 +87,21 @@ def _mask_box(mask: np.ndarray, within: _Box | None = None) -> _Box | None:
     return slice(y0, y1), slice(xs.start + int(cols[0]), xs.start + int(cols[-1]) + 1)
 
 
+def _instance_box(instances: Instances, k: int, within: _Box | None) -> _Box | None:
+    """Bounding box of instance ``k``'s mask inside ``within``, scanning only the window its
+    ``boxes`` hint gives (when the producer supplied one)."""
+    mask = instances.masks[k]
+    if instances.boxes is not None:
+        x0, y0, x1, y1 = (int(v) for v in instances.boxes[k])
+        if within is not None:
+            y0, y1 = max(y0, within[0].start), min(y1, within[0].stop)
+            x0, x1 = max(x0, within[1].start), min(x1, within[1].stop)
+        if y1 <= y0 or x1 <= x0:
+            return None
+        within = (slice(y0, y1), slice(x0, x1))
+    return _mask_box(mask, within=within)
+
+
 def _segment(train_id: int, inst: int, area: int, score: float | None, labels: LabelTable) -> dict:
     return {
         "id": train_id * PANOPTIC_DIVISOR + inst,
@@ -178,7 +193,7 @@ def fuse_heuristic(
     for i in _ranked(instances, score_threshold):
         c = int(instances.labels[i])
         box = cat_box[cat_of[c]]  # kept pixels lie in the category's box (None: absent)
-        box = _mask_box(instances.masks[i], within=box) if box is not None else None
+        box = _instance_box(instances, i, box) if box is not None else None
         if box is None or len(inst_class) >= MAX_INSTANCES:
             continue
         keep = instances.masks[i][box] & (cat[box] == cat_of[c]) & (inst[box] == 0)
@@ -350,7 +365,7 @@ def fuse_baseline(
         if len(inst_class) >= MAX_INSTANCES:
             break
         mask = instances.masks[k]
-        box = _mask_box(mask)
+        box = _instance_box(instances, k, None)
         if box is None:
             continue
         m = mask[box]

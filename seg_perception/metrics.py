@@ -177,7 +177,9 @@ class PanopticQuality:
     when IoU > 0.5, where void pixels are left out of the union; unmatched ground-truth segments
     (not crowd) are false negatives; unmatched predicted segments are false positives unless more
     than half of them lies on void or on a crowd region of their class. Predicted pixels of a
-    class outside ``0..C-1`` form no segment.
+    class outside ``0..C-1``, and predicted thing pixels with instance 0 (the fusion's "semantic
+    class, no instance" for segments too small to be objects), form no segment: they claim no
+    object, so they are no false positive, and they are not part of any matched segment.
     """
 
     def __init__(self, labels: LabelTable = CITYSCAPES, ignore_index: int = IGNORE_ID) -> None:
@@ -203,10 +205,10 @@ class PanopticQuality:
         inter = inter.reshape(len(g_ids), len(p_ids))
 
         g_cls, g_inst = g_ids // div, g_ids % div
-        p_cls = p_ids // div
+        p_cls, p_inst = p_ids // div, p_ids % div
         g_void = g_cls >= c  # includes ignore_index * 1000
         g_crowd = ~g_void & self.is_thing[np.minimum(g_cls, c - 1)] & (g_inst == 0)
-        p_seg = p_cls < c
+        p_seg = (p_cls < c) & ~(self.is_thing[np.minimum(p_cls, c - 1)] & (p_inst == 0))
         void_inter = inter[g_void].sum(0)
         crowd_inter = (inter * (g_crowd[:, None] & (g_cls[:, None] == p_cls[None, :]))).sum(0)
 

@@ -26,11 +26,14 @@ class Instances:
         masks: ``(K, H, W)`` bool, full-resolution masks (other dtypes are converted, a copy).
         labels: ``(K,)`` int, trainIds of thing classes.
         scores: ``(K,)`` float, detection confidences.
+        boxes: optional ``(K, 4)`` int ``(x0, y0, x1, y1)`` pixel bounds (exclusive end) that
+            contain every true pixel of each mask; consumers then scan only that window.
     """
 
     masks: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
+    boxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks)
@@ -44,6 +47,10 @@ class Instances:
                 "Instances: expected masks (K, H, W), labels (K,), scores (K,) with one K; got "
                 f"masks {self.masks.shape}, labels {self.labels.shape}, scores {self.scores.shape}"
             )
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.int64).reshape(-1, 4)
+            if len(self.boxes) != k:
+                raise ValueError(f"Instances: boxes {self.boxes.shape} for {k} masks")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -136,6 +143,15 @@ def colorize_panoptic(panoptic: np.ndarray, labels: LabelTable = CITYSCAPES) -> 
     return cv2.merge(rgb)
 
 
+def mask_bounds(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Continuous ``(K, 4)`` boxes -> the integer pixel windows ``(x0, y0, x1, y1)`` (clipped to
+    the image, exclusive end) that :func:`paste_masks` writes into."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    lo = np.floor(b[:, :2]).clip(0, None)
+    hi = np.ceil(b[:, 2:]).clip(None, [width, height])
+    return np.concatenate([lo, hi], axis=1).astype(np.int64)
+
+
 def paste_masks(
     masks_lowres: np.ndarray,
     boxes: np.ndarray,
@@ -162,10 +178,10 @@ def paste_masks(
             f"paste_masks: masks {masks_lowres.shape} and boxes {boxes.shape} do not match"
         )
     out = np.zeros((len(boxes), height, width), dtype=bool)
+    windows = mask_bounds(boxes, height, width)
     for k, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes, strict=True)):
         bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
-        c0, c1 = max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), width)
-        r0, r1 = max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), height)
+        c0, r0, c1, r1 = (int(v) for v in windows[k])
         if c1 <= c0 or r1 <= r0:
             continue
         mh, mw = mask.shape

@@ -1,9 +1,16 @@
-"""One camera frame in -> semantic outputs out. No ROS: used by the node and by offline tools.
+"""One camera frame in -> semantic, instance and panoptic outputs. No ROS: the node and the
+offline evaluation run exactly this code.
 
-The pipeline resizes the RGB frame to the engine's input size, runs the engine (class ids come
-out of the engine, computed in-graph at network resolution), brings the ids back to the input
-resolution with nearest-neighbour sampling and renders the colour and overlay images. Buffers
-are reused from frame to frame; returned arrays are valid until the next call.
+Semantic path (every frame): resize the RGB frame to the real-time engine's input size, run it
+(class ids come out of the engine, computed in-graph at network resolution), bring the ids back to
+the input resolution with nearest-neighbour sampling, render colour and overlay images.
+
+Panoptic path (:meth:`Pipeline.run_panoptic`, when a panoptic engine is configured): run the ASP
+model's export form, keep detections above the score threshold, paste their 28x28 masks at the
+input resolution, and fuse them with the semantic map (``fusion.method``,
+``fusion.semantic_source``) into instance and panoptic maps.
+
+Buffers are reused from frame to frame; returned arrays are valid until the next call.
 """
 
 from __future__ import annotations
@@ -15,14 +22,61 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from seg_perception.engines.base import Engine
+from seg_perception.engines.base import Engine, OutputBuffers
+from seg_perception.fusion import fuse
 from seg_perception.labels import LabelTable
+from seg_perception.panoptic import (
+    Instances,
+    PanopticResult,
+    colorize_panoptic,
+    mask_bounds,
+    paste_masks,
+)
 
 SEMANTIC = "semantic"
 SEMANTIC_COLOR = "semantic_color"
 OVERLAY = "overlay"
 ALL_OUTPUTS = frozenset({SEMANTIC, SEMANTIC_COLOR, OVERLAY})
+INSTANCE = "instance"
+PANOPTIC = "panoptic"
+PANOPTIC_COLOR = "panoptic_color"
+PANOPTIC_OUTPUTS = frozenset({INSTANCE, PANOPTIC, PANOPTIC_COLOR})
 STAGES = ("preprocess", "engine", "postprocess", "colorize")
+
+
+@dataclass(frozen=True)
+class PanopticSettings:
+    """How the panoptic path turns detections into outputs (``panoptic.*`` / ``fusion.*``)."""
+
+    score_threshold: float = 0.5
+    method: str = "heuristic"  # fusion.method
+    semantic_source: str = "realtime"  # fusion.semantic_source: realtime | asp
+    min_new_instance_area: int = 400
+
+
+@dataclass
+class PanopticOutputs:
+    """Panoptic outputs of one frame at the input resolution."""
+
+    result: PanopticResult  # refined semantic, instance, panoptic maps and segments info
+    panoptic_color: np.ndarray | None = None  # (H, W, 3) uint8
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def resize_into(image: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Resize ``(H, W, C)`` into ``batch[0]`` (area filter down, linear up); returns ``batch``."""
+    h, w = batch.shape[1:3]
+    if image.shape[:2] == (h, w):
+        np.copyto(batch[0], image)
+    else:
+        shrink = image.shape[0] * image.shape[1] > h * w
+        cv2.resize(
+            image,
+            (w, h),
+            dst=batch[0],
+            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+        )
+    return batch
 
 
 @dataclass
@@ -34,19 +88,6 @@ class FrameOutputs:
     overlay: np.ndarray | None = None  # (H, W, 3) uint8 RGB
     confidence: np.ndarray | None = None  # (h, w) float32 at network resolution
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-class _Buffers:
-    """Arrays reused across frames, reallocated only when a shape changes."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, np.ndarray] = {}
-
-    def get(self, key: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
-        buf = self._bufs.get(key)
-        if buf is None or buf.shape != shape:
-            buf = self._bufs[key] = np.empty(shape, dtype=dtype)
-        return buf
 
 
 class Pipeline:
@@ -71,23 +112,11 @@ class Pipeline:
         self.labels = labels
         self.overlay_alpha = float(overlay_alpha)
         self._clock = clock
-        self._buf = _Buffers()
+        self._buf = OutputBuffers()
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> engine batch ``(1, h, w, 3)`` uint8."""
-        h, w = self.engine.input_hw
-        batch = self._buf.get("batch", (1, h, w, 3))
-        if rgb.shape[:2] == (h, w):
-            np.copyto(batch[0], rgb)
-        else:
-            shrink = rgb.shape[0] * rgb.shape[1] > h * w
-            cv2.resize(
-                rgb,
-                (w, h),
-                dst=batch[0],
-                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
-            )
-        return batch
+        return resize_into(rgb, self._buf.get("batch", (1, *self.engine.input_hw, 3), np.uint8))
 
     def run(self, rgb: np.ndarray, want: Iterable[str] = ALL_OUTPUTS) -> FrameOutputs:
         """Segment one RGB frame ``(H, W, 3)`` uint8; compute only the outputs in ``want``."""
@@ -107,7 +136,7 @@ class Pipeline:
         ids_lowres = result["class_ids"][0]
         confidence = result.get("confidence")
         out.confidence = None if confidence is None else confidence[0]
-        semantic = self._buf.get("semantic", (height, width))
+        semantic = self._buf.get("semantic", (height, width), np.uint8)
         if ids_lowres.shape == (height, width):
             np.copyto(semantic, ids_lowres)
         else:
@@ -115,11 +144,11 @@ class Pipeline:
         out.semantic = semantic
         t3 = t()
         if want & {SEMANTIC_COLOR, OVERLAY}:
-            color = self._buf.get("color", (height, width, 3))
+            color = self._buf.get("color", (height, width, 3), np.uint8)
             self.labels.colorize(semantic, out=color)
             out.semantic_color = color
             if OVERLAY in want:
-                overlay = self._buf.get("overlay", (height, width, 3))
+                overlay = self._buf.get("overlay", (height, width, 3), np.uint8)
                 cv2.addWeighted(
                     rgb, 1.0 - self.overlay_alpha, color, self.overlay_alpha, 0.0, dst=overlay
                 )
@@ -132,3 +161,61 @@ class Pipeline:
             "colorize": (t4 - t3) * 1e3,
         }
         return out
+
+    def run_panoptic(
+        self, rgb: np.ndarray, semantic: np.ndarray | None, want: Iterable[str] = PANOPTIC_OUTPUTS
+    ) -> PanopticOutputs:
+        """Instances of the ASP model fused with a semantic map, at the input resolution.
+
+        ``semantic`` is the real-time net's map of the same frame (``(H, W)`` uint8), used when
+        ``semantic_source`` is ``"realtime"``; with ``"asp"`` the ASP model's own semantic head
+        is used and ``semantic`` may be None.
+        """
+        if self.panoptic_engine is None:
+            raise RuntimeError("run_panoptic: the pipeline has no panoptic engine")
+        settings, t = self.panoptic, self._clock
+        height, width = rgb.shape[:2]
+        t0 = t()
+        batch = resize_into(
+            rgb, self._pan_buf.get("batch", (1, *self.panoptic_engine.input_hw, 3), np.uint8)
+        )
+        t1 = t()
+        out = self.panoptic_engine.infer(batch)
+        t2 = t()
+        keep = out["scores"] >= settings.score_threshold
+        nh, nw = self.panoptic_engine.input_hw
+        boxes = out["boxes"][keep] * np.array([width / nw, height / nh] * 2, dtype=np.float32)
+        masks = paste_masks(out["masks"][keep], boxes, height, width)
+        instances = Instances(
+            masks,
+            out["labels"][keep].astype(np.int64),
+            out["scores"][keep].astype(np.float32),
+            boxes=mask_bounds(boxes, height, width),
+        )
+        if settings.semantic_source == "asp" or semantic is None:
+            semantic = cv2.resize(
+                out["semantic_ids"].reshape(nh, nw),
+                (width, height),
+                interpolation=cv2.INTER_NEAREST,
+            )
+        t3 = t()
+        options = {"score_threshold": settings.score_threshold}
+        if settings.method == "heuristic":
+            options["min_new_instance_area"] = settings.min_new_instance_area
+        result = fuse(settings.method, semantic, instances, labels=self.labels, **options)
+        t4 = t()
+        colour = (
+            colorize_panoptic(result.panoptic, self.labels) if PANOPTIC_COLOR in set(want) else None
+        )
+        t5 = t()
+        return PanopticOutputs(
+            result,
+            colour,
+            {
+                "panoptic_preprocess": (t1 - t0) * 1e3,
+                "panoptic_engine": (t2 - t1) * 1e3,
+                "paste": (t3 - t2) * 1e3,
+                "fusion": (t4 - t3) * 1e3,
+                "panoptic_colorize": (t5 - t4) * 1e3,
+            },
+        )

@@ -245,3 +245,22 @@ def test_trimap_merge_and_validation() -> None:
     np.testing.assert_array_equal(a.merge(b).confusion, one.confusion)
     with pytest.raises(ValueError, match="bands"):
         TrimapIoU(bands=(4, 2))
+
+
+def test_pq_thing_pixels_without_instance_claim_no_segment():
+    from seg_perception.metrics import PanopticQuality
+
+    car = CITYSCAPES.train_id("car")
+    road = CITYSCAPES.train_id("road")
+    gt = np.full((20, 20), road * 1000, np.int32)
+    gt[2:8, 2:8] = car * 1000 + 1
+    pred = gt.copy()
+    pred[12:15, 12:15] = car * 1000  # a small "car" segment without an instance id
+    pq = PanopticQuality()
+    pq.update(pred, gt)
+    res = pq.compute()["per_class"]["car"]
+    assert (res["tp"], res["fp"], res["fn"]) == (1, 0, 0)
+    pred[12:15, 12:15] = car * 1000 + 2  # the same pixels as an instance: a false positive
+    pq = PanopticQuality()
+    pq.update(pred, gt)
+    assert pq.compute()["per_class"]["car"]["fp"] == 1
