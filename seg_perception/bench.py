@@ -1,5 +1,7 @@
 """``seg-perception bench <what>``: benchmarks that print tables (never asserted in tests).
 
+* ``engines``: every backend and precision for GUN, ShelfNet-18/50 against this machine's
+  measured conv ceiling (:mod:`seg_perception.engines.bench_engines`).
 * ``fusion``: the fusion paper's heuristic vs the simple baseline at 1024x2048 on corrupted
   synthetic ground truth (:mod:`seg_perception.eval.fusion_bench`).
 * ``node``: per-frame cost of each node stage at camera 1024x2048 / network 512x1024, measured on
@@ -29,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--camera", default="1024x2048", help="camera HxW (default 1024x2048)")
     node.add_argument("--network", default="512x1024", help="network HxW (default 512x1024)")
     node.add_argument("--json", default=None, help="also write the results as JSON here")
+    from seg_perception.engines import bench_engines
+
+    engines = sub.add_parser("engines", help="backends x precisions: latency, GFLOP/s, ceiling")
+    bench_engines.add_arguments(engines)
     fusion = sub.add_parser("fusion", help="fusion heuristic vs baseline: time, mIoU, PQ")
     fusion.add_argument("--frames", type=int, default=10, help="frames per count (default 10)")
     fusion.add_argument("--counts", default="5,20,50", help="instance counts (default 5,20,50)")
@@ -110,6 +116,10 @@ def print_node_table(result: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "engines":
+        from seg_perception.engines import bench_engines
+
+        return int(bench_engines.run(args) or 0)
     if args.what == "node":
         result = bench_node(args.frames, parse_hw(args.camera), parse_hw(args.network))
         print_node_table(result)

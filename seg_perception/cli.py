@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "seg_perception.data.synth_cli",
         "generate synthetic street scenes (bag or Cityscapes)",
     ),
-    "bench": ("seg_perception.bench", "benchmarks that print tables (node)"),
+    "bench": ("seg_perception.bench", "benchmarks that print tables (node, fusion, engines)"),
+    "build-engine": (
+        "seg_perception.engines.build_engine_cli",
+        "build a TensorRT engine (or an int8 ONNX model) from ONNX, for vehicle provisioning",
+    ),
     "export": ("seg_perception.networks.export_cli", "export a network's export form to ONNX"),
     "models": ("seg_perception.networks.report", "list the networks: switches, parameters, GFLOPs"),
     "params": (

@@ -119,8 +119,24 @@ class SegConfig:
     network_width: int = _spec(
         "Network input width in pixels (multiple of 32).", minimum=32, maximum=8192
     )
-    backend: str = _spec("Inference backend.", choices=("torch",))
-    device: str = _spec("Torch device: 'cpu' or 'cuda[:N]'.")
+    backend: str = _spec(
+        "Inference backend: 'torch' (eager PyTorch), 'onnxruntime' (ONNX exported on first use "
+        "into engine_cache) or 'tensorrt' (GPU).",
+        choices=("torch", "onnxruntime", "tensorrt"),
+    )
+    precision: str = _spec(
+        "Compute precision of the real-time net: fp32; bf16 (torch on CPUs with AVX512-BF16, or "
+        "CUDA); fp16 (CUDA / TensorRT); int8 (onnxruntime QDQ or TensorRT, calibrated on "
+        "synthetic street scenes).",
+        choices=("fp32", "bf16", "fp16", "int8"),
+    )
+    providers: str = _spec(
+        "onnxruntime execution providers in order, comma separated: tensorrt, cuda, cpu."
+    )
+    engine_cache: str = _spec(
+        "Folder for exported ONNX files and built engines ('' = ~/.cache/seg_perception/engines)."
+    )
+    device: str = _spec("Torch device: 'cpu' or 'cuda[:N]' (its index is the TensorRT GPU).")
     threads: int = _spec("CPU threads for inference (0 = library default).", minimum=0, maximum=256)
     overlay_alpha: float = _spec(
         "Weight of the label colours in segmentation/overlay.", minimum=0.0, maximum=1.0

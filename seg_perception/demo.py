@@ -4,7 +4,8 @@
 2. ``seg_node`` starts as its own process, exactly as ``ros2 launch`` would start it;
 3. the bag's camera topic is played into it over DDS at the recorded rate;
 4. every output topic is recorded into an MCAP bag, next to a contact sheet
-   (input | semantic colour | overlay) and a summary (frames in / out / dropped, latency).
+   (input | semantic colour | panoptic colour | overlay) and a summary (frames in / out /
+   dropped, latency).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from pathlib import Path
 import numpy as np
 
 NAMESPACE = "/camera"
-OUTPUTS = ("segmentation/semantic", "segmentation/semantic_color", "segmentation/overlay")
+OUTPUTS = (
+    "segmentation/semantic",
+    "segmentation/semantic_color",
+    "segmentation/overlay",
+    "segmentation/instance",
+    "segmentation/panoptic",
+    "segmentation/panoptic_color",
+)
+SHEET = ("segmentation/semantic_color", "segmentation/panoptic_color", "segmentation/overlay")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else default_config_path()
     cfg = load_config(config)
     params = {}
-    if not resolve_path(cfg.weights).is_file():
+    missing = [w for w in (cfg.weights, cfg.panoptic.weights) if not resolve_path(w).is_file()]
+    if missing:
         params["allow_random_weights"] = "true"
         print("[demo] " + "!" * 70)
-        print(f"[demo] no trained weights at {cfg.weights}: the node runs with RANDOM WEIGHTS,")
+        print(f"[demo] no trained weights at {', '.join(missing)}: RANDOM WEIGHTS,")
         print("[demo] so the segmentation is noise. The data flow, topics and timing are real.")
         print("[demo] " + "!" * 70)
     camera_topic = f"{NAMESPACE}/image"
@@ -222,17 +232,21 @@ def run(args: argparse.Namespace) -> int:
         "bag": str(bag),
         "outputs_bag": str(recorded),
     }
-    if answered:
-        picks = [answered[int(i)] for i in np.linspace(0, len(answered) - 1, min(4, len(answered)))]
+    summary["panoptic_frames"] = len(received["segmentation/panoptic"])
+    complete = [s for s in answered if all(s in received[t] for t in SHEET)]
+    shown = complete or answered
+    if shown:
+        picks = sorted({shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(4, len(shown)))})
         camera_by_stamp = {stamp_of(raw): raw for _, _, _, raw in camera}
         rows = []
         for s in picks:
             row = [imgmsg_to_array(deserialize_message(camera_by_stamp[s], Image))]
-            for topic in OUTPUTS[1:]:
+            for topic in SHEET:
                 if s in received[topic]:
                     row.append(imgmsg_to_array(deserialize_message(received[topic][s][1], Image)))
-            if len(row) == 3:
-                rows.append(row)
+                else:  # no panoptic result for this frame (async / every_n): a grey tile
+                    row.append(np.full_like(row[0], 64))
+            rows.append(row)
         if rows:
             _contact_sheet(out_dir / "contact_sheet.png", rows)
             summary["contact_sheet"] = str(out_dir / "contact_sheet.png")
@@ -241,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
     print("[demo] ---------------------------------------------------------------")
     print(
         f"[demo] frames in {summary['frames_in']}, out {summary['frames_out']}, "
-        f"dropped {summary['frames_dropped']} (latest-frame policy)"
+        f"dropped {summary['frames_dropped']} (latest-frame policy), "
+        f"panoptic results {summary['panoptic_frames']}"
     )
     if latency.size:
         print(f"[demo] end-to-end latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms")

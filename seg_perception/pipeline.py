@@ -91,12 +91,15 @@ class FrameOutputs:
 
 
 class Pipeline:
-    """Real-time semantic segmentation of single frames.
+    """Semantic (every frame) and panoptic (on request) segmentation of single frames.
 
     Args:
         engine: a semantic engine (``class_ids`` out).
-        labels: the label table (colours).
+        labels: the label table (colours, categories).
         overlay_alpha: weight of the label colours in the overlay image.
+        panoptic_engine: the ASP model's engine (``boxes``, ``labels``, ``scores``, ``masks``,
+            ``semantic_ids`` out), or None for semantic output only.
+        panoptic: score threshold and fusion settings of the panoptic path.
         clock: time source for stage timings (seconds).
     """
 
@@ -106,13 +109,18 @@ class Pipeline:
         labels: LabelTable,
         *,
         overlay_alpha: float = 0.5,
+        panoptic_engine: Engine | None = None,
+        panoptic: PanopticSettings | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.engine = engine
         self.labels = labels
         self.overlay_alpha = float(overlay_alpha)
+        self.panoptic_engine = panoptic_engine
+        self.panoptic = panoptic or PanopticSettings()
         self._clock = clock
         self._buf = OutputBuffers()
+        self._pan_buf = OutputBuffers()  # separate: the panoptic path may run in its own thread
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> engine batch ``(1, h, w, 3)`` uint8."""

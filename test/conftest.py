@@ -2,6 +2,7 @@
 
 import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ os.environ.pop("ROS_LOCALHOST_ONLY", None)
 if "SEG_TEST_DOMAIN_ID" not in os.environ:
     os.environ["SEG_TEST_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 100))
 os.environ["ROS_DOMAIN_ID"] = os.environ["SEG_TEST_DOMAIN_ID"]
+# exported ONNX files of the tests go to a folder of this run, never to ~/.cache
+os.environ.setdefault("SEG_TEST_ENGINE_CACHE", tempfile.mkdtemp(prefix="seg_test_engines_"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """seg_node over real DDS: in-process and as its own process, good and bad frames."""
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -29,6 +30,8 @@ SMALL = [
     Parameter("network_width", value=128),
     Parameter("warmup_frames", value=0),
     Parameter("threads", value=1),
+    Parameter("panoptic.enabled", value=False),
+    Parameter("engine_cache", value=os.environ["SEG_TEST_ENGINE_CACHE"]),
 ]
 LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -270,6 +273,8 @@ def test_subprocess_from_params_file_on_remapped_namespace(ros):
             "network_height": "64",
             "network_width": "128",
             "threads": "1",
+            "panoptic.enabled": "false",
+            "engine_cache": os.environ["SEG_TEST_ENGINE_CACHE"],
         },
     )
     proc = subprocess.Popen(
@@ -319,3 +324,77 @@ def test_subprocess_params_file_key_must_match_namespace(tmp_path):
     )
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr and "network_hieght" in result.stderr
+
+
+def _panoptic_node(mode: str, every_n: int = 1):
+    params = [p for p in SMALL if p.name not in ("panoptic.enabled",)]
+    return SegNode(parameter_overrides=[
+        *params, Parameter("backend", value="torch"), Parameter("panoptic.enabled", value=True),
+        Parameter("panoptic.mode", value=mode), Parameter("panoptic.every_n", value=every_n),
+        Parameter("panoptic.network_height", value=128),
+        Parameter("panoptic.network_width", value=256),
+        Parameter("panoptic.score_threshold", value=0.0)])
+
+
+def _panoptic_listener(h: Harness):
+    for topic in ("segmentation/instance", "segmentation/panoptic",
+                  "segmentation/panoptic_color"):
+        h.received[topic] = []
+        h.node.create_subscription(Image, topic, h._keep(topic), OUTPUT_QOS)
+
+
+def test_panoptic_sync_every_n_frames_with_input_header(ros):
+    node = _panoptic_node("sync", every_n=2)
+    h = Harness(nodes=(node,))
+    _panoptic_listener(h)
+    try:
+        h.wait_subscribed()
+        deadline = time.monotonic() + 10
+        while len(node.wanted_outputs()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(3):
+            h.pub.publish(_image(stamp=(100 + i, 0), seed=i)[1])
+            assert h.wait_for(lambda i=i: any(m.header.stamp.sec == 100 + i
+                                              for m in h.received["segmentation/semantic"]))
+        assert h.wait_for(lambda: all(len(h.received[t]) >= 2 for t in (
+            "segmentation/instance", "segmentation/panoptic", "segmentation/panoptic_color")))
+        time.sleep(0.3)
+        for topic, encoding in (("segmentation/instance", "mono16"),
+                                ("segmentation/panoptic", "32SC1"),
+                                ("segmentation/panoptic_color", "rgb8")):
+            msgs = h.received[topic]
+            assert [m.header.stamp.sec for m in msgs] == [100, 102], topic  # frames 0 and 2
+            assert all((m.height, m.width, m.encoding, m.header.frame_id)
+                       == (96, 160, encoding, "cam_front") for m in msgs), topic
+        pan = imgmsg_to_array(h.received["segmentation/panoptic"][0])
+        inst = imgmsg_to_array(h.received["segmentation/instance"][0])
+        np.testing.assert_array_equal(pan % 1000, inst)
+        assert (pan // 1000).max() < 19
+    finally:
+        h.close()
+        node.shutdown()
+        node.destroy_node()
+
+
+def test_panoptic_async_never_publishes_under_a_foreign_stamp(ros):
+    node = _panoptic_node("async")
+    h = Harness(nodes=(node,))
+    _panoptic_listener(h)
+    try:
+        h.wait_subscribed()
+        deadline = time.monotonic() + 10
+        while len(node.wanted_outputs()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(6):
+            h.pub.publish(_image(stamp=(200 + i, 0), seed=i)[1])
+            time.sleep(0.05)
+        assert h.wait_for(lambda: len(h.received["segmentation/panoptic"]) >= 1, timeout=30)
+        time.sleep(1.0)
+        semantic = {m.header.stamp.sec for m in h.received["segmentation/semantic"]}
+        panoptic = [m.header.stamp.sec for m in h.received["segmentation/panoptic"]]
+        assert set(panoptic) <= semantic and len(panoptic) == len(set(panoptic))
+        assert panoptic == sorted(panoptic)
+    finally:
+        h.close()
+        node.shutdown()
+        node.destroy_node()

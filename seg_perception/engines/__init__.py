@@ -1,4 +1,8 @@
-"""Engines: one interface over PyTorch (and later ONNX Runtime / TensorRT) backends."""
+"""Engines: one interface over PyTorch, ONNX Runtime and TensorRT backends.
+
+The node and the offline tools build their engines from the node configuration here; the
+backend-level construction (exports, caches, builds) is :func:`factory.create_engine`.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,67 @@ from seg_perception.config import SegConfig, resolve_path
 from seg_perception.engines.base import Engine, EngineError
 from seg_perception.labels import LabelTable
 
-__all__ = ["Engine", "EngineError", "create_semantic_engine"]
+__all__ = ["Engine", "EngineError", "create_panoptic_engine", "create_semantic_engine"]
 
 
-def create_semantic_engine(cfg: SegConfig, labels: LabelTable) -> tuple[Engine, str]:
-    """Build the configured real-time network as an engine.
+def _weights(cfg: SegConfig, value: str, parameter: str) -> tuple[str, str]:
+    """(resolved weights path, a note for the log). Refuses a missing file (naming
+    ``parameter``) unless ``allow_random_weights`` is true."""
+    path = resolve_path(value)
+    if path.is_file():
+        return str(path), f"weights from {path}"
+    if cfg.allow_random_weights:
+        return str(path), f"RANDOM WEIGHTS ({path} not found; allow_random_weights is true)"
+    raise EngineError(
+        f"parameter '{parameter}': file {path} not found. Train or copy weights there, point "
+        f"'{parameter}' at a file, or set allow_random_weights:=true (demo only)."
+    )
 
-    Returns the engine and a one-line note on where its weights came from. Without a weights file
-    this refuses (naming the ``weights`` parameter) unless ``allow_random_weights`` is true.
-    """
-    import torch
 
-    from seg_perception.engines.torch_backend import TorchEngine
-    from seg_perception.networks import build_model
-    from seg_perception.networks.export import SemanticExport, load_weights
+def create_semantic_engine(
+    cfg: SegConfig, labels: LabelTable, *, max_batch: int = 1
+) -> tuple[Engine, str]:
+    """The configured real-time network as an engine, and where its weights came from."""
+    from seg_perception.engines.factory import create_engine
 
-    weights = resolve_path(cfg.weights)
-    torch.manual_seed(0)  # random-weights mode is reproducible
-    model = build_model(cfg.model, num_classes=labels.num_classes)
-    if weights.is_file():
-        load_weights(model, weights)
-        note = f"weights from {weights}"
-    elif cfg.allow_random_weights:
-        note = f"RANDOM WEIGHTS ({weights} not found; allow_random_weights is true)"
-    else:
-        raise EngineError(
-            f"parameter 'weights': file {weights} not found. Train or copy weights there, point "
-            f"'weights' at a file, or set allow_random_weights:=true (demo only)."
-        )
-    engine = TorchEngine(
-        SemanticExport(model),
-        input_hw=(cfg.network_height, cfg.network_width),
+    weights, note = _weights(cfg, cfg.weights, "weights")
+    engine = create_engine(
+        "semantic",
+        model=cfg.model,
         num_classes=labels.num_classes,
-        device=cfg.device,
+        input_hw=(cfg.network_height, cfg.network_width),
+        weights=weights,
+        backend=cfg.backend,
+        precision=cfg.precision,
+        providers=cfg.providers,
         threads=cfg.threads,
-        name=f"{cfg.model}/{cfg.backend}",
+        max_batch=max_batch,
+        cache_dir=cfg.engine_cache or None,
+        device=cfg.device,
+        allow_random_weights=cfg.allow_random_weights,
+    )
+    return engine, note
+
+
+def create_panoptic_engine(cfg: SegConfig, labels: LabelTable) -> tuple[Engine, str]:
+    """The panoptic ASP model as an engine (same backend as the real-time net, fp32 on CPU)."""
+    from seg_perception.engines.factory import create_engine
+
+    weights, note = _weights(cfg, cfg.panoptic.weights, "panoptic.weights")
+    precision = "fp16" if cfg.backend == "tensorrt" else "fp32"
+    engine = create_engine(
+        "panoptic",
+        model="panoptic_asp",
+        num_classes=labels.num_classes,
+        input_hw=(cfg.panoptic.network_height, cfg.panoptic.network_width),
+        weights=weights,
+        backend=cfg.backend,
+        precision=precision,
+        providers=cfg.providers,
+        threads=cfg.threads,
+        max_batch=1,
+        cache_dir=cfg.engine_cache or None,
+        device=cfg.device,
+        allow_random_weights=cfg.allow_random_weights,
     )
     return engine, note

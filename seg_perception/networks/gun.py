@@ -71,6 +71,7 @@ def _sampling_grid(offsets: Tensor, in_hw: tuple[int, int]) -> Tensor:
     """
     H, W = offsets.shape[-2:]
     h, w = in_hw
+    offsets = offsets.float()  # bf16/fp16 coordinates near +-1 are coarser than a pixel
     dt, dev = offsets.dtype, offsets.device
     gx = (torch.arange(W, dtype=dt, device=dev) * 2 + 1) / W - 1
     gy = (torch.arange(H, dtype=dt, device=dev) * 2 + 1) / H - 1

@@ -279,7 +279,10 @@ class ShelfNet(nn.Module):
     def forward_ids(self, x: Tensor) -> tuple[Tensor, Tensor]:
         size = (x.shape[-2], x.shape[-1])
         logits = upsample_stride_aligned(self.forward_lowres(x), 4, size)
-        conf, ids = torch.softmax(logits, dim=1).max(dim=1)
+        # max softmax probability = 1 / sum(exp(l - l_max)): same ids as softmax().max(), and no
+        # full-resolution softmax planes (about half of a frame's time in onnxruntime)
+        top, ids = logits.max(dim=1)
+        conf = torch.exp(logits - top.unsqueeze(1)).sum(dim=1).reciprocal()
         return ids.to(torch.uint8), conf
 
 

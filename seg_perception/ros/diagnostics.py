@@ -21,6 +21,7 @@ class NodeStats:
     processed: int = 0
     dropped_stale: int = 0  # replaced in the mailbox by a newer frame before processing
     skipped_no_subscribers: int = 0
+    panoptic_frames: int = 0
     engine_errors: int = 0
     last_error: str = ""
     bad_reasons: Counter = field(default_factory=Counter)
@@ -62,6 +63,7 @@ class NodeStats:
                 "dropped_stale": self.dropped_stale,
                 "bad_frames": self.bad_total,
                 "skipped_no_subscribers": self.skipped_no_subscribers,
+                "panoptic_frames": self.panoptic_frames,
                 "engine_errors": self.engine_errors,
                 "output_rate_hz": f"{rate:.2f}",
                 "latency_p50_ms": f"{np.percentile(lat, 50):.1f}",

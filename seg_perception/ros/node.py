@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -30,17 +29,34 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from seg_perception import config as cfgmod
-from seg_perception.engines import EngineError, create_semantic_engine
+from seg_perception.engines import EngineError, create_panoptic_engine, create_semantic_engine
 from seg_perception.labels import load_label_table
-from seg_perception.pipeline import OVERLAY, SEMANTIC, SEMANTIC_COLOR, Pipeline
+from seg_perception.pipeline import (
+    ALL_OUTPUTS,
+    INSTANCE,
+    OVERLAY,
+    PANOPTIC,
+    PANOPTIC_COLOR,
+    PANOPTIC_OUTPUTS,
+    SEMANTIC,
+    SEMANTIC_COLOR,
+    PanopticSettings,
+    Pipeline,
+)
 from seg_perception.ros.diagnostics import NodeStats, build_diagnostics
 from seg_perception.ros.image_codec import ImageDecodeError, array_to_imgmsg, msg_to_rgb8
+from seg_perception.ros.worker import LatestWorker
 
 # topic -> (pipeline output, encoding)
 OUTPUT_TOPICS = {
     "segmentation/semantic": (SEMANTIC, "mono8"),
     "segmentation/semantic_color": (SEMANTIC_COLOR, "rgb8"),
     "segmentation/overlay": (OVERLAY, "rgb8"),
+}
+PANOPTIC_TOPICS = {
+    "segmentation/instance": (INSTANCE, "mono16"),
+    "segmentation/panoptic": (PANOPTIC, "32SC1"),
+    "segmentation/panoptic_color": (PANOPTIC_COLOR, "rgb8"),
 }
 LABELS_TOPIC = "segmentation/labels"
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -78,21 +94,36 @@ class SegNode(Node):
         self.cfg = self._declare_and_read_parameters()
         self._check_params_files_applied(files)
         self.labels = load_label_table(self.cfg.labels)
-        engine, weights_note = create_semantic_engine(self.cfg, self.labels)
         log = self.get_logger()
-        if "RANDOM" in weights_note:
-            log.warning(weights_note)
-        else:
-            log.info(weights_note)
         self.engine_state = "warming"
+        engine, note = create_semantic_engine(self.cfg, self.labels)
+        (log.warning if "RANDOM" in note else log.info)(f"{self.cfg.model}: {note}")
         engine.warmup(self.cfg.warmup_frames)
+        panoptic_engine = None
+        pan = self.cfg.panoptic
+        if pan.enabled:
+            panoptic_engine, note = create_panoptic_engine(self.cfg, self.labels)
+            (log.warning if "RANDOM" in note else log.info)(f"panoptic_asp: {note}")
+            panoptic_engine.warmup(min(self.cfg.warmup_frames, 1))
         self.engine_state = "loaded"
-        self.pipeline = Pipeline(engine, self.labels, overlay_alpha=self.cfg.overlay_alpha)
+        settings = PanopticSettings(
+            score_threshold=pan.score_threshold,
+            method=self.cfg.fusion.method,
+            semantic_source=self.cfg.fusion.semantic_source,
+            min_new_instance_area=self.cfg.fusion.min_new_instance_area,
+        )
+        self.pipeline = Pipeline(
+            engine,
+            self.labels,
+            overlay_alpha=self.cfg.overlay_alpha,
+            panoptic_engine=panoptic_engine,
+            panoptic=settings,
+        )
         self.stats = NodeStats()
+        self._frame_index = 0
 
-        self._pubs = {
-            topic: self.create_publisher(Image, topic, OUTPUT_QOS) for topic in OUTPUT_TOPICS
-        }
+        topics = {**OUTPUT_TOPICS, **(PANOPTIC_TOPICS if pan.enabled else {})}
+        self._pubs = {topic: self.create_publisher(Image, topic, OUTPUT_QOS) for topic in topics}
         self._labels_pub = self.create_publisher(String, LABELS_TOPIC, LATCHED_QOS)
         self._labels_pub.publish(String(data=self.labels.to_json()))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -109,11 +140,17 @@ class SegNode(Node):
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._mailbox: Any = None
-        self._cv = threading.Condition()
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
-        self._worker.start()
+        self._worker = LatestWorker(
+            "seg_worker",
+            self.process_message,
+            on_replaced=self._count_stale,
+            on_error=self._engine_failed,
+        )
+        self._panoptic_worker = (
+            LatestWorker("seg_panoptic", self._process_panoptic, on_error=self._engine_failed)
+            if pan.enabled and pan.mode == "async"
+            else None
+        )
         log.info(
             f"{self.cfg.model} on {self.cfg.backend}/{self.cfg.device} at "
             f"{self.cfg.network_height}x{self.cfg.network_width}; listening on "
@@ -173,33 +210,21 @@ class SegNode(Node):
 
     # ----------------------------------------------------------------- input
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        with self._cv:
-            if self._mailbox is not None:
-                self.stats.dropped_stale += 1
-            self._mailbox = msg
-            self.stats.received += 1
-            self._cv.notify()
+        self.stats.received += 1
+        self._worker.offer(msg)
 
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while self._mailbox is None and self._running:
-                    self._cv.wait(0.2)
-                if not self._running:
-                    return
-                msg, self._mailbox = self._mailbox, None
-            try:
-                self.process_message(msg)
-            except Exception as exc:
-                self.stats.engine_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                self.get_logger().error(
-                    f"frame failed: {self.stats.last_error}", throttle_duration_sec=5.0
-                )
+    def _count_stale(self, _msg: Any) -> None:
+        self.stats.dropped_stale += 1
+
+    def _engine_failed(self, exc: Exception) -> None:
+        self.stats.engine_errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        self.get_logger().error(f"frame failed: {self.stats.last_error}", throttle_duration_sec=5.0)
 
     def wanted_outputs(self) -> set[str]:
         """Pipeline outputs that have at least one subscriber."""
-        return {OUTPUT_TOPICS[t][0] for t, p in self._pubs.items() if p.get_subscription_count()}
+        topics = {**OUTPUT_TOPICS, **PANOPTIC_TOPICS}
+        return {topics[t][0] for t, p in self._pubs.items() if p.get_subscription_count()}
 
     def process_message(self, msg: Image | CompressedImage) -> dict[str, float] | None:
         """Decode, segment and publish one message; returns stage timings (ms)."""
@@ -228,14 +253,56 @@ class SegNode(Node):
             return None
         out = self.pipeline.run(rgb, want)
         t2 = time.perf_counter()
-        for topic, (key, encoding) in OUTPUT_TOPICS.items():
-            array = getattr(out, key)
-            if key in want and array is not None:
-                self._pubs[topic].publish(array_to_imgmsg(array, encoding, header=msg.header))
+        self._publish(OUTPUT_TOPICS, {k: getattr(out, k) for k in want & ALL_OUTPUTS}, msg.header)
         t3 = time.perf_counter()
         timings = {"decode": (t1 - t0) * 1e3, **out.timings_ms, "publish": (t3 - t2) * 1e3}
         self.stats.record_frame(total_ms=(t3 - t0) * 1e3, engine_ms=out.timings_ms["engine"])
+        pan_want = want & PANOPTIC_OUTPUTS
+        if pan_want and self.pipeline.panoptic_engine is not None:
+            semantic = out.semantic if self.cfg.fusion.semantic_source == "realtime" else None
+            if self._panoptic_worker is not None:  # async: copy what the next frame overwrites
+                self._panoptic_worker.offer(
+                    (msg, rgb, None if semantic is None else semantic.copy())
+                )
+            elif self._frame_index % self.cfg.panoptic.every_n == 0:
+                timings.update(self._process_panoptic((msg, rgb, semantic)))
+        self._frame_index += 1
         return timings
+
+    def _process_panoptic(self, item: tuple[Any, Any, Any]) -> dict[str, float]:
+        """ASP model + fusion on one frame; publishes with that frame's header."""
+        msg, rgb, semantic = item
+        want = self.wanted_outputs() & PANOPTIC_OUTPUTS
+        if not want:
+            return {}
+        t0 = time.perf_counter()
+        out = self.pipeline.run_panoptic(rgb, semantic, want)
+        t1 = time.perf_counter()
+        r = out.result
+        self._publish(
+            PANOPTIC_TOPICS,
+            {INSTANCE: r.instance, PANOPTIC: r.panoptic, PANOPTIC_COLOR: out.panoptic_color},
+            msg.header,
+            want,
+        )
+        self.stats.panoptic_frames += 1
+        return {
+            **out.timings_ms,
+            "panoptic_publish": (time.perf_counter() - t1) * 1e3,
+            "panoptic_total": (t1 - t0) * 1e3,
+        }
+
+    def _publish(
+        self,
+        topics: dict[str, tuple[str, str]],
+        arrays: dict[str, Any],
+        header: Any,
+        want: set[str] | None = None,
+    ) -> None:
+        for topic, (key, encoding) in topics.items():
+            array = arrays.get(key)
+            if array is not None and (want is None or key in want):
+                self._pubs[topic].publish(array_to_imgmsg(array, encoding, header=header))
 
     # ----------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
@@ -251,13 +318,13 @@ class SegNode(Node):
         )
 
     def shutdown(self) -> None:
-        """Stop the worker thread and release the engine."""
-        with self._cv:
-            self._running = False
-            self._cv.notify_all()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=5.0)
+        """Stop the worker threads and release the engines."""
+        self._worker.stop()
+        if self._panoptic_worker is not None:
+            self._panoptic_worker.stop()
         self.pipeline.engine.close()
+        if self.pipeline.panoptic_engine is not None:
+            self.pipeline.panoptic_engine.close()
 
 
 def params_files_from_args(args: list[str]) -> tuple[str, ...]:

@@ -1,0 +1,460 @@
+"""``seg-perception bench engines``: every backend and precision on this machine, in one run.
+
+1. Ceiling: this machine's fp32 3x3-convolution rate (oneDNN through torch, NHWC / channels-last,
+   256 -> 256 channels on a 128x256 map), GFLOP/s. It is timed again in every group below,
+   interleaved with the engines (:func:`round_robin`), and each row's ceiling_ratio uses the
+   ceiling of its own group: the machine is shared, and interleaving makes load from other
+   processes hit the ceiling and the engines alike. ``min_ms`` is the least-disturbed call.
+2. GUN, ShelfNet-18 and ShelfNet-50 at 512x1024 through each available backend and precision
+   (torch fp32 / bf16, onnxruntime fp32 / int8; TensorRT where present): latency p50 / p95 over
+   ``--runs`` calls after warm-up, GFLOPs (convolutions and matrix products, 2 per MAC, counted
+   by ``torch.utils.flop_counter`` on the meta device), achieved GFLOP/s and ceiling_ratio =
+   achieved / ceiling. Reduced precisions are compared with fp32 on synthetic val frames: pixel
+   agreement and mIoU of their class ids against the fp32 class ids.
+3. Peers, through onnxruntime fp32 with the same export form (uint8 in, ids + confidence out):
+   torchvision ``lraspp_mobilenet_v3_large`` and ``deeplabv3_resnet50`` (random weights),
+   ``--peer-runs`` timed calls (fewer: deeplabv3 is ~650 GFLOP per frame).
+4. 4 cameras in one call vs 4 sequential calls (GUN, best fp32 backend): batch4_speedup.
+
+Weights: ``models/<bench name>_synth.safetensors`` (``gun``, ``shelfnet18``, ``shelfnet50``)
+when present -- then ``miou_gt`` scores every variant against the synthetic ground truth, and
+the int8 / bf16 mIoU loss is ``miou_gt(fp32) - miou_gt(reduced)`` -- else seeded random weights,
+whose near-tied logits make the agreement columns a pessimistic bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seg_perception.engines.cache import default_cache_dir
+
+__all__ = [
+    "MODELS",
+    "CeilingConv",
+    "add_arguments",
+    "ceiling_gflops",
+    "latency_stats",
+    "miou",
+    "round_robin",
+    "run",
+]
+
+#: bench name -> (model, builder switches)
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gun": ("gun", {}),
+    "shelfnet18": ("shelfnet", {"backbone": "resnet18"}),
+    "shelfnet50": ("shelfnet", {"backbone": "resnet50"}),
+}
+PEERS = ("lraspp_mbv3", "deeplabv3_r50")
+CEILING_SHAPE = (256, 128, 256)  # channels, height, width
+NUM_CLASSES = 19
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per engine (10)")
+    parser.add_argument("--peer-runs", type=int, default=5, help="timed calls per peer (5)")
+    parser.add_argument("--size", default="512x1024", help="network HxW (512x1024)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--no-peers", action="store_true", help="skip the torchvision peers")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    parser.add_argument("--val-frames", type=int, default=4, help="synthetic val frames (4)")
+    parser.add_argument("--calib-count", type=int, default=8, help="int8 calibration frames")
+    parser.add_argument("--cache-dir", default=None, help="export/engine cache directory")
+
+
+def latency_stats(seconds: list[float]) -> tuple[float, float]:
+    """-> (p50, p95) in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def round_robin(
+    calls: dict[str, Callable[[], object]], runs: int, *, warmup: int = 1, pause: float = 0.02
+) -> dict[str, list[float]]:
+    """Time every call ``runs`` times, interleaved (run ``i`` of each call, then run ``i + 1``),
+    so that load from other processes on this shared machine hits all of them alike. A short
+    pause before each timed call lets the previous library's spinning worker threads go idle."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, fn in calls.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+class CeilingConv:
+    """The ceiling workload: fp32 3x3 conv, 256 -> 256 channels, 128x256, NHWC (oneDNN)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        c, h, w = CEILING_SHAPE
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(1, c, h, w, generator=gen).to(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
+        self.conv = conv.to(memory_format=torch.channels_last)
+        self.gflop = 2.0 * c * c * 9 * h * w / 1e9
+
+    def __call__(self) -> object:
+        import torch
+
+        with torch.inference_mode():
+            return self.conv(self.x)
+
+
+def ceiling_gflops(runs: int = 5) -> float:
+    """This machine's fp32 3x3-conv rate in GFLOP/s (median of ``runs``)."""
+    conv = CeilingConv()
+    times = round_robin({"ceiling": conv}, runs, warmup=2, pause=0.0)["ceiling"]
+    return conv.gflop / float(np.median(times))
+
+
+def miou(pred: np.ndarray, ref: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
+    """Mean IoU of ``pred`` against ``ref`` over the classes present in either (255 ignored)."""
+    keep = ref != 255
+    p, r = pred[keep].astype(np.int64), ref[keep].astype(np.int64)
+    conf = np.bincount(r * num_classes + p, minlength=num_classes**2).reshape(num_classes, -1)
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def _gflops(module_fn: Callable[[], Any], hw: tuple[int, int]) -> float:
+    """Conv/matmul GFLOPs of one ``(1, 3, H, W)`` forward, counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = module_fn().eval().to("meta")
+    x = torch.empty(1, 3, *hw, device="meta")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net.forward_ids(x) if hasattr(net, "forward_ids") else net(x)
+    return counter.get_total_flops() / 1e9
+
+
+class _TorchvisionAdapter:
+    """Gives a torchvision segmentation model the ``forward_ids`` of the package's networks."""
+
+    @staticmethod
+    def wrap(net: Any) -> Any:
+        import torch
+        from torch import nn
+
+        class Adapter(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net(x)["out"]
+
+            def forward_ids(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                # max softmax = 1 / sum(exp(logits - max)): same values as softmax(1).max(1)
+                # without onnxruntime's Softmax over axis 1 (it transposes all class planes)
+                logits = self.forward(x)
+                top, ids = logits.max(dim=1)
+                conf = torch.exp(logits - top.unsqueeze(1)).sum(dim=1).reciprocal()
+                return ids.to(torch.uint8), conf
+
+        return Adapter()
+
+
+def _peer(name: str) -> Any:
+    from torchvision.models import segmentation as seg
+
+    if name == "lraspp_mbv3":
+        net = seg.lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=NUM_CLASSES
+        )
+    else:
+        net = seg.deeplabv3_resnet50(
+            weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False
+        )
+    return _TorchvisionAdapter.wrap(net)
+
+
+def _peer_onnx(name: str, hw: tuple[int, int], cache: Path) -> Path:
+    import torch
+
+    from seg_perception.engines.cache import key_digest, record, verify
+    from seg_perception.networks.export import SemanticExport, export_onnx
+
+    key = {"peer": name, "input_hw": list(hw), "torch": torch.__version__, "seed": 0, "form": 2}
+    path = cache / "onnx" / f"peer-{name}-{hw[0]}x{hw[1]}-{key_digest(key, 16)}.onnx"
+    if verify(path, key) is not None:
+        torch.manual_seed(0)
+        export_onnx(SemanticExport(_peer(name).eval()), path, input_hw=hw)
+        record(path, key)
+    return path
+
+
+def _weights_for(model: str) -> Path | None:
+    p = Path("models") / f"{model}_synth.safetensors"
+    return p if p.is_file() else None
+
+
+def _row(
+    model: str, backend: str, precision: str, times: list[float], gflops: float, ceiling: float
+) -> dict[str, Any]:
+    p50, p95 = latency_stats(times)
+    achieved = gflops / (p50 / 1e3)
+    return {
+        "model": model,
+        "backend": backend,
+        "precision": precision,
+        "runs": len(times),
+        "p50_ms": round(p50, 2),
+        "p95_ms": round(p95, 2),
+        "min_ms": round(1e3 * min(times), 2),
+        "gflops": round(gflops, 2),
+        "gflops_per_s": round(achieved, 1),
+        "ceiling_gflops": round(ceiling, 1),
+        "ceiling_ratio": round(achieved / ceiling, 3),
+    }
+
+
+def _variants() -> list[tuple[str, str]]:
+    from seg_perception.engines.torch_backend import cpu_has_native_bf16
+
+    out = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    if cpu_has_native_bf16():
+        out.insert(1, ("torch", "bf16"))
+    from seg_perception.engines.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available():
+        import torch
+
+        if torch.cuda.is_available():
+            out += [("tensorrt", "fp32"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
+    return out
+
+
+def _accuracy(row: dict[str, Any], ids: list[np.ndarray], ref: list[np.ndarray]) -> None:
+    pairs = list(zip(ids, ref, strict=True))
+    row["agree_pct"] = round(100 * float(np.mean([np.mean(a == b) for a, b in pairs])), 2)
+    row["miou_vs_fp32"] = round(100 * float(np.mean([miou(a, b) for a, b in pairs])), 2)
+
+
+def _bench_model(
+    bench_name: str, args: argparse.Namespace, ctx: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """All variants of one network, timed round-robin with the ceiling conv."""
+    from seg_perception.engines.factory import create_engine
+    from seg_perception.networks import build_model
+
+    model, switches = MODELS[bench_name]
+    hw, x1, val = ctx["hw"], ctx["x1"], ctx["val"]
+    gflops = _gflops(lambda: build_model(model, num_classes=NUM_CLASSES, **switches), hw)
+    weights = _weights_for(bench_name)
+    engines = {
+        (backend, precision): create_engine(
+            model=model,
+            model_switches=switches,
+            num_classes=NUM_CLASSES,
+            input_hw=hw,
+            weights=weights,
+            allow_random_weights=weights is None,
+            backend=backend,
+            precision=precision,
+            threads=ctx["threads"],
+            max_batch=4,
+            cache_dir=ctx["cache"],
+            calib_count=args.calib_count,
+        )
+        for backend, precision in _variants()
+    }
+    calls: dict[str, Callable[[], object]] = {"ceiling": ctx["ceiling"]}
+    calls.update({f"{b}/{p}": (lambda e=e: e.infer(x1)) for (b, p), e in engines.items()})
+    times = round_robin(calls, args.runs, warmup=2)
+    ceiling = ctx["ceiling"].gflop / float(np.median(times["ceiling"]))
+    ctx["ceilings"].append(ceiling)
+    rows = []
+    ref: dict[str, list[np.ndarray]] = {}
+    for (backend, precision), engine in engines.items():
+        row = _row(bench_name, backend, precision, times[f"{backend}/{precision}"], gflops, ceiling)
+        row["weights"] = "trained" if weights else "random"
+        ids = [engine.infer(f.image[None])["class_ids"][0].copy() for f in val]
+        if precision == "fp32":
+            ref.setdefault("fp32", ids)
+            ref[backend] = ids
+        _accuracy(row, ids, ref.get(backend, ref["fp32"]))
+        if weights is not None:
+            row["miou_gt"] = round(
+                100 * float(np.mean([miou(i, f.semantic) for i, f in zip(ids, val, strict=True)])),
+                2,
+            )
+        rows.append(row)
+        engine.close()
+    fp32 = {r["backend"]: r["p50_ms"] for r in rows if r["precision"] == "fp32"}
+    best = min(fp32.values())
+    for r in rows:
+        if r["precision"] != "fp32":
+            r["speedup_vs_fp32"] = round(fp32.get(r["backend"], best) / r["p50_ms"], 2)
+            r["speedup_vs_best_fp32"] = round(best / r["p50_ms"], 2)
+    return rows
+
+
+def _bench_peers(args: argparse.Namespace, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    from seg_perception.engines.onnx_backend import OnnxEngine
+
+    hw = ctx["hw"]
+    engines = {
+        p: OnnxEngine(_peer_onnx(p, hw, ctx["cache"]), threads=ctx["threads"], max_batch=1, name=p)
+        for p in PEERS
+    }
+    calls: dict[str, Callable[[], object]] = {"ceiling": ctx["ceiling"]}
+    calls.update({p: (lambda e=e: e.infer(ctx["x1"])) for p, e in engines.items()})
+    times = round_robin(calls, args.peer_runs, warmup=1)
+    ceiling = ctx["ceiling"].gflop / float(np.median(times["ceiling"]))
+    ctx["ceilings"].append(ceiling)
+    rows = []
+    for p, engine in engines.items():
+        row = _row(p, "onnxruntime", "fp32", times[p], _gflops(lambda p=p: _peer(p), hw), ceiling)
+        row["weights"] = "random"
+        rows.append(row)
+        engine.close()
+    return rows
+
+
+def _bench_batch4(backend: str, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    from seg_perception.engines.factory import create_engine
+
+    engine = create_engine(
+        model="gun",
+        num_classes=NUM_CLASSES,
+        input_hw=ctx["hw"],
+        weights=_weights_for("gun"),
+        allow_random_weights=True,
+        backend=backend,
+        threads=ctx["threads"],
+        max_batch=4,
+        cache_dir=ctx["cache"],
+    )
+    x4 = np.stack([f.image for f in ctx["frames"]])
+    times = round_robin(
+        {
+            "batched": lambda: engine.infer(x4),
+            "sequential": lambda: [engine.infer(x4[i : i + 1]) for i in range(4)],
+        },
+        args.runs,
+    )
+    engine.close()
+    batched, seq = latency_stats(times["batched"])[0], latency_stats(times["sequential"])[0]
+    return {
+        "model": "gun",
+        "backend": backend,
+        "batched_p50_ms": round(batched, 1),
+        "sequential_p50_ms": round(seq, 1),
+        "speedup": round(seq / batched, 3),
+    }
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from seg_perception.data.synth import generate_frame
+
+    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    if len(hw) != 2:
+        raise ValueError(f"--size must be HxW, got {args.size!r}")
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    frames = [generate_frame(seed=7, index=i, height=hw[0], width=hw[1]) for i in range(4)]
+    ctx: dict[str, Any] = {
+        "hw": hw,
+        "threads": threads,
+        "cache": Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+        "ceiling": CeilingConv(),
+        "ceilings": [ceiling_gflops()],
+        "frames": frames,
+        "x1": frames[0].image[None],
+        # the synthetic val set: another part of the sequence than the timing frames
+        "val": [
+            generate_frame(seed=7, index=100 + i, height=hw[0], width=hw[1])
+            for i in range(args.val_frames)
+        ],
+    }
+    rows: list[dict[str, Any]] = []
+    for bench_name in [m for m in args.models.split(",") if m]:
+        if bench_name not in MODELS:
+            raise ValueError(f"--models: unknown {bench_name!r}; valid: {', '.join(MODELS)}")
+        rows += _bench_model(bench_name, args, ctx)
+    if not args.no_peers:
+        rows += _bench_peers(args, ctx)
+    gun_fp32 = [r for r in rows if r["model"] == "gun" and r["precision"] == "fp32"]
+    batch4: dict[str, Any] = {}
+    if gun_fp32:
+        best = min(gun_fp32, key=lambda r: r["p50_ms"])["backend"]
+        batch4 = _bench_batch4(best, args, ctx)
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {threads} threads, torch "
+        f"{torch.__version__}",
+        "input_hw": list(hw),
+        "ceiling_gflops": round(float(np.median(ctx["ceilings"])), 1),
+        "batch4_speedup": batch4.get("speedup"),
+        "batch4": batch4,
+        "rows": rows,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    hw = result["input_hw"]
+    print(f"engines at {hw[0]}x{hw[1]}, batch 1 ({result['machine']})")
+    print(f"ceiling: fp32 3x3 conv {CEILING_SHAPE} NHWC = {result['ceiling_gflops']} GFLOP/s")
+    cols = [
+        "model",
+        "backend",
+        "precision",
+        "runs",
+        "p50_ms",
+        "p95_ms",
+        "min_ms",
+        "gflops",
+        "gflops_per_s",
+        "ceiling_ratio",
+        "speedup_vs_fp32",
+        "speedup_vs_best_fp32",
+        "agree_pct",
+        "miou_vs_fp32",
+        "miou_gt",
+        "weights",
+    ]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
+    for r in result["rows"]:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    b = result["batch4"]
+    if b:
+        print(
+            f"4 cameras ({b['model']}, {b['backend']} fp32): one batched call "
+            f"{b['batched_p50_ms']} ms vs 4 sequential calls {b['sequential_p50_ms']} ms -> "
+            f"batch4_speedup {b['speedup']}"
+        )
+    print(
+        "goals: GUN/ShelfNet fp32 best ceiling_ratio >= 0.60; int8 or bf16 >= 1.8x faster "
+        "than fp32 with <= 1.0 mIoU point loss; batch4_speedup >= 1.2"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    result = bench(args)
+    print_table(result)
+    if args.json:
+        from seg_perception.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,184 @@
+"""Content-addressed cache of derived artefacts: exported ONNX, int8 ONNX, TensorRT engines.
+
+Every artefact ``X`` is stored with a sidecar ``X.json`` holding the *key* it was built from and
+the artefact's SHA-256. :func:`verify` trusts an artefact only when the sidecar exists, records
+exactly the expected key, and the file's hash matches: a foreign, truncated or stale file (other
+weights, TensorRT version, GPU, precision, shape range or calibration data) is rebuilt, never
+loaded. Keys hash file *contents*, never paths or modification times.
+
+Default location: ``$SEG_PERCEPTION_CACHE_DIR``, else ``$XDG_CACHE_HOME/seg_perception/engines``,
+else ``~/.cache/seg_perception/engines``. Nothing here is ever committed (``.gitignore`` has
+``*.onnx`` and ``*.engine``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from seg_perception.atomic import write_text_atomic
+
+__all__ = [
+    "CACHE_ENV",
+    "EngineKey",
+    "default_cache_dir",
+    "export_key",
+    "key_digest",
+    "record",
+    "sha256_file",
+    "sidecar_path",
+    "verify",
+]
+
+CACHE_ENV = "SEG_PERCEPTION_CACHE_DIR"
+#: bump when the export code changes in a way that changes the ONNX graph for the same inputs.
+EXPORT_FORMAT = 1
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "seg_perception" / "engines"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+def key_digest(key: Mapping[str, Any], length: int = 32) -> str:
+    """Short hex digest of a key mapping (canonical JSON, order-independent)."""
+    return hashlib.sha256(_canonical(dict(key)).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What a TensorRT engine depends on; an engine built from other values is not reused.
+
+    ``calib_sha256`` is the hash of the int8 calibration batches (``""`` for fp32/fp16, and for
+    int8 from an explicitly quantised QDQ model, which needs no calibration).
+    """
+
+    onnx_sha256: str
+    tensorrt_version: str
+    compute_capability: str
+    precision: str
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    calib_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.precision not in TRT_PRECISIONS:
+            raise ValueError(
+                f"EngineKey: precision {self.precision!r}; valid: {', '.join(TRT_PRECISIONS)}"
+            )
+        if self.calib_sha256 and self.precision != "int8":
+            raise ValueError(
+                f"EngineKey: calibration data only affects int8 engines, got it with "
+                f"precision {self.precision!r}"
+            )
+        shapes = (self.min_shape, self.opt_shape, self.max_shape)
+        if len({len(s) for s in shapes}) != 1 or not all(
+            a <= b <= c for a, b, c in zip(*shapes, strict=True)
+        ):
+            raise ValueError(
+                f"EngineKey: need min <= opt <= max shapes of one rank, got {self.min_shape}, "
+                f"{self.opt_shape}, {self.max_shape}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("min_shape", "opt_shape", "max_shape"):
+            d[k] = [int(v) for v in d[k]]
+        return d
+
+    def digest(self) -> str:
+        return key_digest(self.as_dict())
+
+    def file_name(self) -> str:
+        sm = self.compute_capability.replace(".", "")
+        return f"{self.precision}-sm{sm}-{self.digest()}.engine"
+
+
+def export_key(
+    *,
+    kind: str,
+    model: str,
+    switches: Mapping[str, Any],
+    weights_sha256: str | None,
+    input_hw: tuple[int, int],
+    num_classes: int,
+    opset: int,
+    torch_version: str,
+    dynamic_batch: bool,
+) -> dict[str, Any]:
+    """Key of an ONNX export: the weights' content hash (or ``None`` = seeded random init, which
+    depends on the torch version), the model and its switches, input size and class count."""
+    return {
+        "format": EXPORT_FORMAT,
+        "kind": kind,
+        "model": model,
+        "switches": {str(k): switches[k] for k in sorted(switches)},
+        "weights_sha256": weights_sha256 or "random-init-seed0",
+        "input_hw": [int(input_hw[0]), int(input_hw[1])],
+        "num_classes": int(num_classes),
+        "opset": int(opset),
+        "torch": torch_version,
+        "dynamic_batch": bool(dynamic_batch),
+    }
+
+
+def sidecar_path(artefact: str | os.PathLike[str]) -> Path:
+    p = Path(artefact)
+    return p.with_name(p.name + ".json")
+
+
+def verify(artefact: str | os.PathLike[str], key: Mapping[str, Any]) -> str | None:
+    """``None`` if ``artefact`` may be used for ``key``; else why it must be (re)built."""
+    p = Path(artefact)
+    if not p.is_file():
+        return f"{p} does not exist"
+    side = sidecar_path(p)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{p} has no key file {side.name} (foreign or interrupted build)"
+    except (OSError, ValueError) as exc:
+        return f"{side} is unreadable: {exc}"
+    if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+        return f"{side} does not hold a key"
+    want = json.loads(_canonical(dict(key)))
+    if meta["key"] != want:
+        fields = sorted(
+            k for k in set(want) | set(meta["key"]) if meta["key"].get(k) != want.get(k)
+        )
+        return f"{p} was built for another key (differs in {', '.join(fields)})"
+    digest = sha256_file(p)
+    if meta.get("sha256") != digest:
+        return f"{p} does not match the hash in {side.name} (modified or foreign file)"
+    return None
+
+
+def record(artefact: str | os.PathLike[str], key: Mapping[str, Any]) -> Path:
+    """Write the sidecar of a freshly built ``artefact`` (after the artefact itself)."""
+    p = Path(artefact)
+    meta = {"key": json.loads(_canonical(dict(key))), "sha256": sha256_file(p), "file": p.name}
+    return write_text_atomic(sidecar_path(p), json.dumps(meta, indent=1, sort_keys=True))

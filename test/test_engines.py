@@ -1,0 +1,485 @@
+"""Engines on the CPU: torch / onnxruntime fp32 / onnxruntime int8 agreement, batching, output
+buffers, the export cache, bad inputs, providers, int8 graph surgery, calibration sources, the
+build-engine command and the bench's pure helpers. Small: 64x128 inputs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from safetensors.torch import save_file
+
+from seg_perception.data.synth import generate_frame
+from seg_perception.engines.base import EngineError
+from seg_perception.engines.factory import create_engine
+from seg_perception.engines.onnx_backend import OnnxEngine, provider_options, resolve_providers
+from seg_perception.engines.torch_backend import cpu_has_native_bf16
+from seg_perception.networks import build_model
+from seg_perception.networks.export import SemanticExport, export_onnx
+
+H, W = 64, 128
+K = 19
+SWITCHES = {"gun": {}, "shelfnet": {"backbone": "resnet18"}}
+ALL_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    torch.set_num_threads(1)
+    logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime.quantization's chatter
+
+
+def _frames(seed: int, n: int) -> list:
+    return [generate_frame(seed=seed, index=i, height=H, width=W) for i in range(n)]
+
+
+def _fit(model: str) -> torch.nn.Module:
+    """Seeded weights that behave like trained ones: 30 Adam steps on synthetic frames.
+
+    Freshly initialised networks have near-tied logits almost everywhere, so any rounding flips
+    their arg max; after a short fit the predictions have real margins, as a deployed network's
+    do. (Measured int8 agreement: ~96 % random-init vs >= 99.2 % after this fit.)
+    """
+    torch.manual_seed(0)
+    net = build_model(model, num_classes=K, **SWITCHES[model])
+    frames = _frames(seed=11, n=8)
+    x = torch.from_numpy(np.stack([f.image for f in frames]))
+    y = torch.from_numpy(np.stack([f.semantic for f in frames])).long()
+    wrapper = SemanticExport(net, export_logits=True).train()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        idx = torch.randint(0, len(frames), (4,), generator=gen)
+        out = wrapper(x[idx])
+        out = out["out"] if isinstance(out, dict) else out
+        loss = F.cross_entropy(out, y[idx], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("weights")
+    out = {}
+    for model in SWITCHES:
+        path = root / f"{model}.safetensors"
+        save_file({k: v.contiguous() for k, v in _fit(model).state_dict().items()}, str(path))
+        out[model] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("engine_cache")
+
+
+def _engine(model: str, weights: Path, cache: Path, **kw):
+    args = dict(
+        model=model,
+        model_switches=SWITCHES[model],
+        num_classes=K,
+        input_hw=(H, W),
+        weights=weights,
+        cache_dir=cache,
+        threads=1,
+        max_batch=16,
+        calib_count=16,
+    )
+    return create_engine(**{**args, **kw})
+
+
+def _val() -> np.ndarray:
+    return np.stack([f.image for f in _frames(seed=99, n=4)])  # not the fit or calibration frames
+
+
+# ------------------------------------------------------------------------------ agreement
+@pytest.mark.parametrize("model", ["gun", "shelfnet"])
+def test_torch_onnxruntime_int8_give_the_same_class_ids(model, weights, cache) -> None:
+    x = _val()
+    ref = _engine(model, weights[model], cache, backend="torch").infer(x)["class_ids"].copy()
+    assert len(np.unique(ref)) >= 3  # a meaningful comparison: several classes predicted
+    fp32 = _engine(model, weights[model], cache, backend="onnxruntime")
+    int8 = _engine(model, weights[model], cache, backend="onnxruntime", precision="int8")
+    assert "int8" in int8.path.name and int8.path != fp32.path
+    q = onnx.load(str(int8.path))
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    assert np.mean(fp32.infer(x)["class_ids"] == ref) >= 0.999
+    assert np.mean(int8.infer(x)["class_ids"] == ref) >= 0.98
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without AVX512-BF16/AMX")
+def test_torch_bf16_agrees_with_fp32(weights, cache) -> None:
+    x = _val()
+    ref = _engine("shelfnet", weights["shelfnet"], cache, backend="torch").infer(x)
+    bf16 = _engine("shelfnet", weights["shelfnet"], cache, backend="torch", precision="bf16")
+    bf16 = bf16.infer(x)
+    assert bf16["confidence"].dtype == np.float32
+    assert np.mean(bf16["class_ids"] == ref["class_ids"]) >= 0.98
+
+
+# ------------------------------------------------------------------------------ batching
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_batched_inference_equals_single_calls(backend, weights, cache) -> None:
+    engine = _engine("gun", weights["gun"], cache, backend=backend, max_batch=4)
+    x = _val()[:3]
+    batched = {k: v.copy() for k, v in engine.infer(x).items()}
+    singles = [{k: v.copy() for k, v in engine.infer(x[i : i + 1]).items()} for i in range(3)]
+    for key in ("class_ids", "confidence"):
+        single = np.concatenate([s[key] for s in singles])
+        assert batched[key].shape == (3, H, W)
+        if key == "class_ids":
+            np.testing.assert_array_equal(batched[key], single)
+        else:
+            np.testing.assert_allclose(batched[key], single, rtol=1e-5, atol=1e-6)
+    with pytest.raises(EngineError, match=r"batch of 5 images, but the engine takes 1\.\.4"):
+        engine.infer(np.zeros((5, H, W, 3), np.uint8))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_output_buffers_are_reused(backend, weights, cache) -> None:
+    engine = _engine("gun", weights["gun"], cache, backend=backend)
+    x = _val()
+    first = engine.infer(x[:2])
+    ids_buf, conf_buf = first["class_ids"], first["confidence"]
+    kept = ids_buf.copy()
+    second = engine.infer(x[2:])
+    assert second["class_ids"] is ids_buf and second["confidence"] is conf_buf
+    assert not np.array_equal(kept, second["class_ids"])  # overwritten in place
+    assert [s.name for s in engine.outputs] == ["class_ids", "confidence"]
+    assert engine.inputs[0].shape[1:] == (H, W, 3)
+
+
+@pytest.mark.slow
+def test_panoptic_outputs_by_name_through_onnxruntime(cache) -> None:
+    """The ASP export form through the factory: generic named outputs, data-dependent K."""
+    kw = dict(
+        model="panoptic_asp",
+        num_classes=K,
+        input_hw=(H, 2 * W),
+        allow_random_weights=True,
+        cache_dir=cache,
+        model_switches={"box_score_thresh": 0.0},
+    )
+    ref = create_engine("panoptic", backend="torch", **kw)
+    ort_engine = create_engine("panoptic", backend="onnxruntime", **kw)
+    x = np.stack([f.image for f in [generate_frame(seed=99, index=0, height=H, width=2 * W)]])
+    a, b = ref.infer(x), ort_engine.infer(x)
+    names = ["boxes", "labels", "scores", "masks", "semantic_ids"]
+    assert list(a) == list(b) == names == [s.name for s in ort_engine.outputs]
+    assert ort_engine.outputs[0].shape == ("K", 4)  # data-dependent: bound to ORT memory
+    k = len(a["boxes"])
+    assert k > 0 and b["boxes"].shape == (k, 4) and b["masks"].shape == (k, 1, 28, 28)
+    assert b["labels"].dtype == np.int64 and b["semantic_ids"].shape == (H, 2 * W)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.05)
+    assert np.mean(a["semantic_ids"] == b["semantic_ids"]) >= 0.999
+    with pytest.raises(EngineError, match="takes one image per call"):
+        create_engine("panoptic", backend="onnxruntime", max_batch=2, **kw)
+
+
+# ------------------------------------------------------------------------------ export cache
+def test_export_cache_reuses_and_rebuilds_on_new_weights(weights, cache, tmp_path) -> None:
+    a = _engine("gun", weights["gun"], tmp_path, backend="onnxruntime")
+    stamp = a.path.stat().st_mtime_ns
+    b = _engine("gun", weights["gun"], tmp_path, backend="onnxruntime")
+    assert b.path == a.path and b.path.stat().st_mtime_ns == stamp  # reused, not re-exported
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(5)
+    save_file(build_model("gun", num_classes=K).state_dict(), str(other))
+    c = _engine("gun", other, tmp_path, backend="onnxruntime")
+    assert c.path != a.path and c.path.is_file()
+    meta = {p.key: p.value for p in onnx.load(str(c.path)).metadata_props}
+    assert meta["seg_perception.num_classes"] == str(K)
+    a.path.write_bytes(a.path.read_bytes() + b"\0")  # a tampered artefact is re-exported
+    d = _engine("gun", weights["gun"], tmp_path, backend="onnxruntime")
+    assert d.path == a.path and d.path.stat().st_mtime_ns != stamp
+    np.testing.assert_array_equal(
+        d.infer(_val()[:1])["class_ids"], b.infer(_val()[:1])["class_ids"]
+    )
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_missing_and_corrupt_onnx_name_the_file(tmp_path) -> None:
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(EngineError, match=rf"ONNX file {missing} not found"):
+        create_engine(
+            model="gun", num_classes=K, input_hw=(H, W), onnx=missing, backend="onnxruntime"
+        )
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(EngineError, match=rf"ONNX file {corrupt} cannot be"):
+        create_engine(
+            model="gun", num_classes=K, input_hw=(H, W), onnx=corrupt, backend="onnxruntime"
+        )
+    with pytest.raises(EngineError, match=rf"ONNX file {corrupt} cannot be loaded by onnxruntime"):
+        OnnxEngine(corrupt)
+
+
+def test_missing_and_corrupt_weights_name_the_file(tmp_path) -> None:
+    missing = tmp_path / "nope.safetensors"
+    for backend in ("torch", "onnxruntime"):
+        with pytest.raises(EngineError, match=rf"weights file {missing} not found"):
+            _engine("gun", missing, tmp_path, backend=backend)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with pytest.raises(EngineError, match=rf"weights file {corrupt}"):
+        _engine("gun", corrupt, tmp_path, backend="torch")
+    with pytest.raises(EngineError, match="no weights file given"):
+        _engine("gun", None, tmp_path, backend="torch")
+
+
+def test_class_count_mismatch_names_file_and_counts(tmp_path) -> None:
+    torch.manual_seed(0)
+    five = build_model("gun", num_classes=5)
+    plain = export_onnx(five, tmp_path / "five.onnx", input_hw=(H, W))  # no metadata: ArgMax
+    for backend in ("onnxruntime", "tensorrt"):  # checked before any TensorRT build
+        with pytest.raises(
+            EngineError,
+            match=rf"{plain}: the model predicts 5 classes but the "
+            rf"label table has {K}",
+        ):
+            create_engine(model="gun", num_classes=K, input_hw=(H, W), onnx=plain, backend=backend)
+    with pytest.raises(EngineError, match="predicts 5 classes but the label table has 19"):
+        OnnxEngine(plain, num_classes=K)
+    weights = tmp_path / "five.safetensors"
+    save_file(five.state_dict(), str(weights))
+    with pytest.raises(
+        EngineError,
+        match=rf"weights file {weights} does not fit gun with 19 "
+        r"classes.*classifier\.weight",
+    ):
+        _engine("gun", weights, tmp_path, backend="torch")
+
+
+def test_wrong_input_shape_names_engine_and_shapes(weights, cache, tmp_path) -> None:
+    engine = _engine("gun", weights["gun"], cache, backend="onnxruntime")
+    with pytest.raises(
+        EngineError,
+        match=rf"expected uint8 images of shape \(N, {H}, {W}, 3\), "
+        r"got uint8 \(1, 32, 32, 3\)",
+    ):
+        engine.infer(np.zeros((1, 32, 32, 3), np.uint8))
+    with pytest.raises(EngineError, match="got float32"):
+        engine.infer(np.zeros((1, H, W, 3), np.float32))
+    with pytest.raises(
+        EngineError,
+        match=rf"{engine.path}: input size 64x128 differs from the "
+        r"configured 128x256",
+    ):
+        OnnxEngine(engine.path, input_hw=(128, 256))
+    with pytest.raises(EngineError, match=r"input size \(64, 128\) differs from the configured"):
+        create_engine(
+            model="gun", num_classes=K, input_hw=(128, 256), onnx=engine.path, backend="onnxruntime"
+        )
+
+
+def test_unknown_provider_backend_precision(weights, cache) -> None:
+    with pytest.raises(EngineError, match="unknown onnxruntime provider 'tpu'; valid: tensorrt"):
+        _engine("gun", weights["gun"], cache, backend="onnxruntime", providers="tpu,cpu")
+    with pytest.raises(EngineError, match=r"none of the onnxruntime providers \['cuda'\]"):
+        _engine("gun", weights["gun"], cache, backend="onnxruntime", providers=["cuda"])
+    with pytest.raises(EngineError, match="parameter 'backend': 'openvino'; valid: torch"):
+        _engine("gun", weights["gun"], cache, backend="openvino")
+    with pytest.raises(EngineError, match="precision fp16 needs a CUDA device"):
+        _engine("gun", weights["gun"], cache, backend="torch", precision="fp16")
+    with pytest.raises(EngineError, match="precision 'int8' is not available with the torch"):
+        _engine("gun", weights["gun"], cache, backend="torch", precision="int8")
+    with pytest.raises(EngineError, match="fp16 needs the TensorRT EP"):
+        _engine("gun", weights["gun"], cache, backend="onnxruntime", precision="fp16")
+    with pytest.raises(EngineError, match="model 'panoptic_asp' is not a semantic network"):
+        create_engine(model="panoptic_asp", num_classes=K, input_hw=(H, W))
+
+
+# ------------------------------------------------------------------------------ providers
+def test_provider_resolution_order_aliases_and_availability() -> None:
+    used, skipped = resolve_providers(
+        ["tensorrt", "CUDA", "cpu", "CPUExecutionProvider"], ["CPUExecutionProvider"], ALL_PROVIDERS
+    )
+    assert used == ["CPUExecutionProvider"]
+    assert skipped == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    used, _ = resolve_providers(["cuda", "cpu"], ALL_PROVIDERS, ALL_PROVIDERS)
+    assert used == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_tensorrt_ep_options(tmp_path) -> None:
+    opts = provider_options(
+        "TensorrtExecutionProvider",
+        precision="fp16",
+        cache_dir=tmp_path,
+        input_name="image",
+        input_shape=["batch", H, W, 3],
+        max_batch=4,
+    )
+    assert opts["trt_fp16_enable"] == "True" and opts["trt_int8_enable"] == "False"
+    assert opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "ort_tensorrt")
+    assert opts["trt_timing_cache_enable"] == "True"
+    assert opts["trt_profile_min_shapes"] == f"image:1x{H}x{W}x3"
+    assert opts["trt_profile_max_shapes"] == f"image:4x{H}x{W}x3"
+    static = provider_options(
+        "TensorrtExecutionProvider",
+        precision="int8",
+        cache_dir=None,
+        input_name="image",
+        input_shape=[1, H, W, 3],
+        max_batch=4,
+    )
+    assert static["trt_int8_enable"] == "True" and "trt_profile_min_shapes" not in static
+    assert (
+        provider_options(
+            "CPUExecutionProvider",
+            precision="fp32",
+            cache_dir=None,
+            input_name="image",
+            input_shape=[1, H, W, 3],
+            max_batch=1,
+        )
+        == {}
+    )
+
+
+# ------------------------------------------------------------------------------ int8 graph
+def test_int8_keeps_stem_and_head_fp32() -> None:
+    from seg_perception.engines.quantize import excluded_nodes
+
+    def conv(name: str, src: str, dst: str) -> onnx.NodeProto:
+        return helper.make_node("Conv", [src, f"{name}_w"], [dst], name=name)
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "scale"], ["n"], name="norm"),
+        helper.make_node("AveragePool", ["n"], ["p"], name="pool", kernel_shape=[2, 2]),
+        conv("conv1", "p", "c1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Add", ["r1", "p"], ["s"], name="residual"),
+        conv("classifier", "s", "logits"),
+        helper.make_node("Resize", ["logits", "", "sc"], ["up"], name="up"),
+        helper.make_node("ArgMax", ["up"], ["ids"], name="argmax", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    stem, head = excluded_nodes(helper.make_model(graph))
+    assert stem == ["cast", "norm", "pool"]
+    assert head == ["argmax", "classifier", "up"]
+
+
+# ------------------------------------------------------------------------------ calibration
+def test_calibration_from_folder_is_rgb_and_resized(tmp_path) -> None:
+    from seg_perception.engines.calibration import calibration_images
+
+    rgb = np.zeros((2 * H, 2 * W, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (tmp_path / "notes.txt").write_text("not an image")
+    imgs = calibration_images(tmp_path, input_hw=(H, W), count=2)
+    assert len(imgs) == 2 and imgs[0].shape == (H, W, 3)
+    assert np.all(imgs[0][..., 0] == 200) and np.all(imgs[0][..., 1:] == 0)
+    with pytest.raises(ValueError, match=rf"calibration source {tmp_path / 'x.png'} does not"):
+        calibration_images(tmp_path / "x.png", input_hw=(H, W))
+
+
+def test_calibration_from_bag_topic(tmp_path) -> None:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from seg_perception.engines.calibration import calibration_images
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    Image, Header, Time = (
+        store.types[f"{p}"]
+        for p in ("sensor_msgs/msg/Image", "std_msgs/msg/Header", "builtin_interfaces/msg/Time")
+    )
+    bag = tmp_path / "bag"
+    frames = [np.full((H, W, 3), 10 * i, np.uint8) for i in range(5)]
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {
+            t: writer.add_connection(t, Image.__msgtype__, typestore=store)
+            for t in ("/cam/front/image", "/cam/rear/image")
+        }
+        for i, f in enumerate(frames):
+            msg = Image(
+                header=Header(stamp=Time(sec=i, nanosec=0), frame_id="cam"),
+                height=H,
+                width=W,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=3 * W,
+                data=f.reshape(-1),
+            )
+            for conn in conns.values():
+                writer.write(conn, i, store.serialize_cdr(msg, Image.__msgtype__))
+    imgs = calibration_images(bag, input_hw=(H, W), count=3, topic="/cam/front/image")
+    assert [int(img[0, 0, 0]) for img in imgs] == [0, 20, 40]  # spread over the bag
+    with pytest.raises(ValueError, match=r"pass a camera topic; image topics: /cam/front/image, "):
+        calibration_images(bag, input_hw=(H, W), count=3)
+    with pytest.raises(ValueError, match=rf"calibration bag {bag} has no image topic '/x'"):
+        calibration_images(bag, input_hw=(H, W), count=3, topic="/x")
+
+
+# ------------------------------------------------------------------------------ build-engine
+def _build_args(*argv: str) -> argparse.Namespace:
+    from seg_perception.engines import build_engine_cli
+
+    parser = argparse.ArgumentParser()
+    build_engine_cli.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_build_engine_command(weights, cache, tmp_path, capsys) -> None:
+    from seg_perception.engines import build_engine_cli
+    from seg_perception.engines.tensorrt_backend import tensorrt_available
+
+    fp32 = _engine("gun", weights["gun"], cache, backend="onnxruntime").path
+    args = _build_args(
+        "--model",
+        str(fp32),
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "int8",
+        "--calib",
+        "synthetic",
+        "--calib-count",
+        "4",
+        "--cache-dir",
+        str(tmp_path),
+    )
+    assert build_engine_cli.run(args) == 0
+    out = Path(capsys.readouterr().out.strip())
+    assert out.parent == tmp_path / "onnx" and out.is_file()
+    model = onnx.load(str(out))
+    assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    assert {p.key for p in model.metadata_props} >= {"seg_perception.num_classes"}
+    assert build_engine_cli.run(_build_args("--model", str(tmp_path / "no.onnx"))) == 2
+    assert f"ONNX file {tmp_path / 'no.onnx'} not found" in capsys.readouterr().err
+    if not tensorrt_available():
+        assert build_engine_cli.run(_build_args("--model", str(fp32))) == 2
+        assert "TensorRT Python package is not installed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ bench helpers
+def test_bench_helpers() -> None:
+    from seg_perception.engines.bench_engines import latency_stats, miou, round_robin
+
+    p50, p95 = latency_stats([0.001 * i for i in range(1, 21)])
+    assert p50 == pytest.approx(10.5) and p95 == pytest.approx(19.05)
+    ref = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [2, 2, 0, 5]], np.uint8)
+    # class 0: tp 1, union 2; class 1: tp 2, union 3; class 2: tp 2, union 2 (255 ignored)
+    assert miou(pred, ref) == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    order: list[str] = []
+    times = round_robin(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, warmup=1, pause=0.0
+    )
+    assert order == ["a", "b"] + ["a", "b"] * 3 and all(len(v) == 3 for v in times.values())
