@@ -19,6 +19,7 @@ __all__ = [
     "EngineError",
     "OutputBuffers",
     "TensorSpec",
+    "WarmupMixin",
     "check_images",
 ]
 
@@ -71,6 +72,20 @@ class Engine(Protocol):
     def warmup(self, runs: int = 1) -> None: ...
 
     def close(self) -> None: ...
+
+
+class WarmupMixin:
+    """``warmup`` shared by every backend: ``runs`` calls on a black frame at ``input_hw``."""
+
+    input_hw: tuple[int, int]
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def warmup(self, runs: int = 1) -> None:
+        dummy = np.zeros((1, *self.input_hw, 3), dtype=np.uint8)
+        for _ in range(runs):
+            self.infer(dummy)
 
 
 class OutputBuffers:

@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from seg_perception.engines.base import EngineError, OutputBuffers, TensorSpec, check_images
+from seg_perception.engines.base import (
+    EngineError,
+    OutputBuffers,
+    TensorSpec,
+    WarmupMixin,
+    check_images,
+)
 
 __all__ = [
     "GRAPH_OPTIMIZATION_LEVELS",
@@ -162,7 +168,7 @@ def artefact_num_classes(path: str | os.PathLike[str]) -> int | None:
 
 
 # ---------------------------------------------------------------------------------- engine
-class OnnxEngine:
+class OnnxEngine(WarmupMixin):
     """Engine over an ONNX export form (uint8 NHWC ``image`` in, named outputs out).
 
     Args:
@@ -386,12 +392,6 @@ class OnnxEngine:
             for name in dynamic:
                 result[name] = self._buffers.store(name, values[name].numpy())
         return {s.name: result[s.name] for s in self.outputs}
-
-    def warmup(self, runs: int = 1) -> None:
-        h, w = self.input_hw
-        dummy = np.zeros((1, h, w, 3), dtype=np.uint8)
-        for _ in range(runs):
-            self.infer(dummy)
 
     def close(self) -> None:
         self._buffers.clear()

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from seg_perception.engines.base import EngineError, OutputBuffers, TensorSpec, check_images
+from seg_perception.engines.base import (
+    EngineError,
+    OutputBuffers,
+    TensorSpec,
+    WarmupMixin,
+    check_images,
+)
 from seg_perception.engines.cache import EngineKey, sha256_file
 
 if TYPE_CHECKING:
@@ -280,7 +286,7 @@ def _make_output_allocator(memory: _OutputMemory) -> trt.IOutputAllocator:
     return OutputAllocator()
 
 
-class TensorRTEngine:
+class TensorRTEngine(WarmupMixin):
     """Engine over a serialised TensorRT engine file (see :func:`load_or_build`)."""
 
     def __init__(
@@ -391,12 +397,6 @@ class TensorRTEngine:
             else:
                 result[t.name] = self._host_out[t.name][:n].numpy()
         return result
-
-    def warmup(self, runs: int = 1) -> None:
-        h, w = self.input_hw
-        dummy = np.zeros((1, h, w, 3), dtype=np.uint8)
-        for _ in range(runs):
-            self.infer(dummy)
 
     def close(self) -> None:
         self._dev_out.clear()

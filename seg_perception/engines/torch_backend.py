@@ -21,6 +21,7 @@ from seg_perception.engines.base import (
     EngineError,
     OutputBuffers,
     TensorSpec,
+    WarmupMixin,
     check_images,
 )
 
@@ -49,7 +50,7 @@ def cpu_has_native_bf16() -> bool:
     return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-class TorchEngine:
+class TorchEngine(WarmupMixin):
     """Engine over an export-form module (uint8 NHWC ``image`` in, named outputs out).
 
     Args:
@@ -153,12 +154,6 @@ class TorchEngine:
                 tensor = tensor.float()
             result[key] = self._buffers.store(key, tensor.detach().cpu().numpy())
         return result
-
-    def warmup(self, runs: int = 1) -> None:
-        h, w = self.input_hw
-        dummy = np.zeros((1, h, w, 3), dtype=np.uint8)
-        for _ in range(runs):
-            self.infer(dummy)
 
     def close(self) -> None:
         self._buffers.clear()
