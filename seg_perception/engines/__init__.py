@@ -58,6 +58,11 @@ def create_panoptic_engine(cfg: SegConfig, labels: LabelTable) -> tuple[Engine, 
 
     weights, note = _weights(cfg, cfg.panoptic.weights, "panoptic.weights")
     precision = "fp16" if cfg.backend == "tensorrt" else "fp32"
+    # async: the ASP model runs beside the real-time net; on a CPU it gets half the threads so
+    # that the semantic topics keep their rate
+    threads = (
+        max(1, cfg.threads // 2) if cfg.panoptic.mode == "async" and cfg.threads else cfg.threads
+    )
     engine = create_engine(
         "panoptic",
         model="panoptic_asp",
@@ -67,7 +72,7 @@ def create_panoptic_engine(cfg: SegConfig, labels: LabelTable) -> tuple[Engine, 
         backend=cfg.backend,
         precision=precision,
         providers=cfg.providers,
-        threads=cfg.threads,
+        threads=threads,
         max_batch=1,
         cache_dir=cfg.engine_cache or None,
         device=cfg.device,

@@ -242,6 +242,10 @@ class OnnxEngine(WarmupMixin):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[graph_optimization]
         so.log_severity_level = 3
+        # Idle intra-op threads must not spin: the node runs two sessions (real-time net and
+        # the asynchronous ASP model) on the same cores, and a spinning idle pool starves the
+        # busy one.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._max_batch_requested = max_batch
         try:
             self.session = self._open(ort, so, usable, cache_dir)
