@@ -69,6 +69,7 @@ def bench_node(frames: int, camera_hw: tuple[int, int], network_hw: tuple[int, i
         node = SegNode(
             parameter_overrides=[
                 Parameter("allow_random_weights", value=True),
+            Parameter("panoptic.enabled", value=False),  # this table is the semantic frame path
                 Parameter("network_height", value=network_hw[0]),
                 Parameter("network_width", value=network_hw[1]),
             ]
