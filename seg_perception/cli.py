@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("seg_perception.networks.export_cli", "export a network's export form to ONNX"),
     "models": ("seg_perception.networks.report", "list the networks: switches, parameters, GFLOPs"),
+    "train": (
+        "seg_perception.train.train_cli",
+        "train a network from a recipe (config/train/*.yaml)",
+    ),
     "params": (
         "seg_perception.params_cli",
         "list the node parameters with defaults and descriptions",

@@ -1,0 +1,164 @@
+"""Training checkpoints (atomic, pickle-free to load) and the weights export.
+
+A checkpoint is one ``torch.save`` file of plain containers, tensors, numbers and strings, so it
+loads with ``torch.load(weights_only=True)`` (no arbitrary pickle). It is written with
+:func:`seg_perception.atomic.atomic_path` (temporary file, fsync, rename), so a crash while
+writing leaves the previous checkpoint untouched. ``checkpoints/latest`` names the newest file;
+older files beyond ``keep`` are deleted after the new one is in place.
+
+:func:`export_weights` writes the network's weights alone as safetensors (fp16 by default), the
+format the node and ``build_model(..., weights=...)`` load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from seg_perception.atomic import atomic_path, write_text_atomic
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "export_weights",
+    "find_latest_checkpoint",
+    "load_checkpoint",
+    "network_state_dict",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "seg_perception.train/1"
+NET_PREFIX = "net."  # the trainer's module holds the network as ``net`` (and training-only parts)
+_NAME = re.compile(r"^iter_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or not a trainer checkpoint; the message names it."""
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def save_checkpoint(
+    out_dir: str | Path, iteration: int, payload: Mapping[str, Any], *, keep: int = 3
+) -> Path:
+    """Write ``checkpoints/iter_<iteration>.pt`` atomically, point ``latest`` at it, prune.
+
+    ``payload``: model / optimizer state dicts, counters, RNG state, recipe text (anything
+    ``torch.load(weights_only=True)`` accepts). Returns the checkpoint path.
+    """
+    folder = checkpoint_dir(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"iter_{iteration:08d}.pt"
+    data = {"format": CHECKPOINT_FORMAT, "iteration": int(iteration), **payload}
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    write_text_atomic(folder / "latest", path.name + "\n")
+    for old in sorted(_numbered(folder))[:-keep]:
+        if old[1] != path:
+            old[1].unlink(missing_ok=True)
+    return path
+
+
+def _numbered(folder: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in folder.glob("iter_*.pt"):
+        m = _NAME.match(p.name)
+        if m:
+            out.append((int(m.group(1)), p))
+    return out
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load a trainer checkpoint with ``weights_only=True``; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        data = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(err).__name__}: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return data
+
+
+def find_latest_checkpoint(path: str | Path) -> Path | None:
+    """The newest *loadable* checkpoint of a run directory (or ``path`` itself if a file).
+
+    Follows ``checkpoints/latest``; if that file is missing or unreadable, falls back to the
+    highest-numbered readable ``iter_*.pt`` with a warning. None when the run has none.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    folder = p if p.name == "checkpoints" else checkpoint_dir(p)
+    if not folder.is_dir():
+        return None
+    candidates = [q for _, q in sorted(_numbered(folder), reverse=True)]
+    pointer = folder / "latest"
+    if pointer.is_file():
+        named = folder / pointer.read_text(encoding="utf-8").strip()
+        if named in candidates:
+            candidates.remove(named)
+        candidates.insert(0, named)
+    for q in candidates:
+        try:
+            load_checkpoint(q)
+            return q
+        except CheckpointError as err:
+            warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+    return None
+
+
+def network_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The network's part of the trainer module's state dict (``net.*`` keys, prefix removed)."""
+    net = {k[len(NET_PREFIX) :]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
+    return net or dict(state)
+
+
+def export_weights(
+    checkpoint: str | Path,
+    out_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Checkpoint (or run directory) -> network weights as ``.safetensors`` in ``dtype``.
+
+    Floating-point tensors are cast to ``dtype`` (integer buffers such as
+    ``num_batches_tracked`` keep theirs); training-only modules (the SCL similarity subnet) are
+    left out. The file's metadata holds the model name, builder switches and iteration.
+    Written atomically.
+    """
+    from safetensors.torch import save
+
+    src = find_latest_checkpoint(checkpoint)
+    if src is None:
+        raise CheckpointError(f"no checkpoint found at {checkpoint}")
+    data = load_checkpoint(src)
+    state = network_state_dict(data["model"])
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().clone()
+        for k, v in state.items()
+    }
+    meta = {
+        "model": str(data.get("model_name", "")),
+        "switches": json.dumps(data.get("switches", {}), sort_keys=True),
+        "iteration": str(data.get("iteration", "")),
+        "dtype": str(dtype).removeprefix("torch."),
+        "source": src.name,
+    }
+    out = Path(out_path)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"export_weights: output must end in .safetensors, got {out}")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(save(tensors, metadata=meta))
+    return out

@@ -1,0 +1,117 @@
+"""What a training run reports: ``log.jsonl``, TensorBoard events, the progress bar, timings.
+
+Only the main process (rank 0) writes; the other ranks get a silent :class:`RunLog`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["RunLog", "parameter_digest", "plain"]
+
+
+class RunLog:
+    """``out_dir/log.jsonl`` (one JSON object per logged step), ``out_dir/tb`` (TensorBoard:
+    scalars ``train/*``, ``val/*``, images ``val/sample_<i>``) and a tqdm bar with ETA."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        enabled: bool,
+        tensorboard: bool,
+        progress: bool,
+        total: int,
+        initial: int,
+        desc: str,
+    ) -> None:
+        from tqdm import tqdm
+
+        self.out_dir = out_dir
+        self.enabled = enabled
+        self.writer: Any = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tb"))
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            disable=not (enabled and progress),
+            dynamic_ncols=True,
+        )
+        self.times: list[float] = []
+        self._last = time.perf_counter()
+
+    @property
+    def wants_images(self) -> bool:
+        return self.writer is not None
+
+    def iteration_done(self, loss: float, lr: float, stage: str) -> float:
+        """Advance the bar; returns the wall time of this iteration (data loading included)."""
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", stage=stage)
+        return self.times[-1]
+
+    def pause_done(self) -> None:
+        """Checkpoints and validation do not count as iteration time."""
+        self._last = time.perf_counter()
+
+    def seconds_per_iteration(self) -> float:
+        steady = self.times[1:] or self.times  # the first one includes warm-up
+        return sum(steady) / len(steady) if steady else math.nan
+
+    def scalars(self, prefix: str, values: dict[str, float], iteration: int) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"{prefix}/{k}", v, iteration)
+        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"iteration": iteration, prefix: values}) + "\n")
+
+    def images(self, tag: str, panels: list[np.ndarray], iteration: int) -> None:
+        if self.writer is not None:
+            for i, p in enumerate(panels):
+                self.writer.add_image(f"{tag}_{i}", p, iteration, dataformats="HWC")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+
+
+def parameter_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in name order (equal digests = identical replicas)."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def plain(v: Any) -> Any:
+    """Only numbers / strings / containers (checkpoints load with ``weights_only=True``)."""
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
