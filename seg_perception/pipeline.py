@@ -153,7 +153,13 @@ class Pipeline:
         t3 = t()
         if want & {SEMANTIC_COLOR, OVERLAY}:
             color = self._buf.get("color", (height, width, 3), np.uint8)
-            self.labels.colorize(semantic, out=color)
+            if ids_lowres.shape == (height, width):
+                self.labels.colorize(semantic, out=color)
+            else:  # colour at network resolution, then the same nearest sampling as the ids:
+                # identical pixels, a quarter of the look-ups
+                small = self._buf.get("color_lowres", (*ids_lowres.shape, 3), np.uint8)
+                self.labels.colorize(ids_lowres, out=small)
+                cv2.resize(small, (width, height), dst=color, interpolation=cv2.INTER_NEAREST)
             out.semantic_color = color
             if OVERLAY in want:
                 overlay = self._buf.get("overlay", (height, width, 3), np.uint8)
