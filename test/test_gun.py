@@ -208,3 +208,24 @@ def test_forward_ids_bilinear_decoder() -> None:
         logits, (ids, conf) = model(x), model.forward_ids(x)
     assert torch.equal(ids, logits.argmax(1).to(torch.uint8))
     assert ((conf > 0) & (conf <= 1)).all()
+
+
+def test_enc24shared_keeps_running_statistics_per_branch():
+    from seg_perception.networks.layers import BranchBatchNorm2d
+
+    torch.manual_seed(0)
+    net = build_gun(num_classes=5)
+    norms = [m for m in net.modules() if isinstance(m, BranchBatchNorm2d)]
+    assert norms and all(m.num_branches == 2 for m in norms)
+    net.train()
+    net(torch.rand(2, 3, 64, 128) * 4)
+    first = norms[0]  # the stem sees the /4 input (branch 0) and the /2 input (branch 1)
+    assert not torch.allclose(first.running_var, first.running_var_b1)
+    net.eval()
+    x = torch.rand(1, 3, 64, 128)
+    before = net(x)
+    for m in norms:
+        m.running_mean_b1.add_(1.0)  # only the medium branch's statistics change...
+    assert not torch.allclose(before, net(x))  # ...and the eval output depends on them
+    # one set of affine weights shared by both branches; enc24 has separate BNs instead
+    assert sum(isinstance(m, BranchBatchNorm2d) for m in build_gun(encoder="enc24").modules()) == 0

@@ -17,7 +17,12 @@ from torch import Tensor, nn
 
 from seg_perception.networks.drn import DRN, init_conv_bn
 from seg_perception.networks.export import load_weights
-from seg_perception.networks.layers import ConvBNReLU
+from seg_perception.networks.layers import (
+    BranchBatchNorm2d,
+    ConvBNReLU,
+    select_branch,
+    use_branch_statistics,
+)
 
 __all__ = [
     "DECODERS",
@@ -274,6 +279,14 @@ class GUN(nn.Module):
         self.medium_trunk: DRN | None = None
         if not single and not shared:
             self.medium_trunk = DRN(last_stage=_MEDIUM_STAGE)
+        # Shared weights ("the only difference is weight sharing between the two branches"):
+        # the convolutions and BN affine parameters are shared; BN running statistics are kept
+        # per branch, since the /2 and /4 inputs have different activation statistics.
+        self._branch_norms: list[BranchBatchNorm2d] = []
+        if shared and not single:
+            n_branches = 1 + len(self.medium_factors)
+            for stage in self.trunk.stage_names[: self.trunk.stage_names.index(_MEDIUM_STAGE) + 1]:
+                self._branch_norms += use_branch_statistics(getattr(self.trunk, stage), n_branches)
         merge, postproc = FUSIONS[fusion]
         self.fusion = FusionModule(
             low_channels=self.trunk.out_channels,
@@ -307,12 +320,14 @@ class GUN(nn.Module):
         size = (int(x.shape[-2]), int(x.shape[-1]))
         mediums: list[Tensor] = []
         high_res: Tensor | None = None
-        for factor in self.medium_factors:  # coarse -> fine; the last one is the finest
+        for b, factor in enumerate(self.medium_factors, start=1):  # coarse -> fine
+            select_branch(self._branch_norms, b)
             taps = self.medium_encoder().forward_taps(
                 self._downsample(x, factor), stop_after=_MEDIUM_STAGE, taps=(_HIGH_RES_STAGE,)
             )
             mediums.append(taps[_MEDIUM_STAGE])
             high_res = taps[_HIGH_RES_STAGE]
+        select_branch(self._branch_norms, 0)
         low_in = self._downsample(x, self.low_factor)
         if high_res is None:  # single-branch encoders: high-res tap of the only branch
             taps = self.trunk.forward_taps(
