@@ -202,6 +202,13 @@ def run(args: argparse.Namespace) -> int:
         wait_until = time.monotonic() + 30.0
         while time.monotonic() < wait_until and last not in received[OUTPUTS[0]]:
             time.sleep(0.1)
+        if cfg.panoptic.enabled:  # the asynchronous ASP model finishes the frame it holds
+            panoptic = received["segmentation/panoptic"]
+            seen, quiet_since = len(panoptic), time.monotonic()
+            while time.monotonic() < wait_until and time.monotonic() - quiet_since < 5.0:
+                if len(panoptic) != seen:
+                    seen, quiet_since = len(panoptic), time.monotonic()
+                time.sleep(0.1)
         time.sleep(0.5)
     finally:
         node_code = stop_process(proc)
