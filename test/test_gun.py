@@ -229,3 +229,15 @@ def test_enc24shared_keeps_running_statistics_per_branch():
     assert not torch.allclose(before, net(x))  # ...and the eval output depends on them
     # one set of affine weights shared by both branches; enc24 has separate BNs instead
     assert sum(isinstance(m, BranchBatchNorm2d) for m in build_gun(encoder="enc24").modules()) == 0
+
+
+def test_gum_trains_under_cpu_bf16_autocast():
+    torch.manual_seed(0)
+    net = build_gun(num_classes=5).train()
+    x = torch.rand(2, 3, 64, 128)
+    target = torch.randint(0, 5, (2, 64, 128))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(net(x).float(), target)
+    loss.backward()
+    offset_grads = [p.grad for n, p in net.named_parameters() if "guidance" in n]
+    assert torch.isfinite(loss) and any(g is not None and g.abs().sum() > 0 for g in offset_grads)

@@ -136,7 +136,9 @@ def guided_upsample(
             f"guided_upsample: offsets must be (N, 2, {size[0]}, {size[1]}), "
             f"got {tuple(offsets.shape)}"
         )
-    grid = _sampling_grid(offsets.to(logits.dtype), (logits.shape[-2], logits.shape[-1]))
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()  # sample in fp32 (autocast): reduced-precision grids are too coarse
+    grid = _sampling_grid(offsets, (logits.shape[-2], logits.shape[-1]))
     if mode == "bilinear":
         return F.grid_sample(logits, grid, "bilinear", "border", align_corners=False)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or grid.requires_grad)
