@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "seg_perception.train.train_cli",
         "train a network from a recipe (config/train/*.yaml)",
     ),
+    "play": (
+        "seg_perception.ros.play_cli",
+        "publish a bag's messages over DDS at the recorded timing",
+    ),
     "params": (
         "seg_perception.params_cli",
         "list the node parameters with defaults and descriptions",

@@ -123,10 +123,12 @@ def play_messages(
     on_publish: Callable[[str, int, bytes], None] | None = None,
     qos: QoSProfile = RELIABLE,
     stop: threading.Event | None = None,
+    wait_subscribers: float = 0.0,
 ) -> int:
     """Publish ``(topic, msgtype, bag_timestamp_ns, rawdata)`` at the recorded timing / ``rate``.
 
-    Returns the number of messages published.
+    ``wait_subscribers``: seconds to wait, for each new topic, until a subscriber is matched (so
+    that the first messages are not published before discovery). Returns the number published.
     """
     pubs: dict[str, object] = {}
     start_wall = start_bag = None
@@ -136,6 +138,9 @@ def play_messages(
             break
         if topic not in pubs:
             pubs[topic] = node.create_publisher(ros_type(msgtype), topic, qos)
+            deadline = time.monotonic() + wait_subscribers  # let discovery match subscribers
+            while pubs[topic].get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
         if start_wall is None:
             start_wall, start_bag = time.monotonic(), stamp
         due = start_wall + (stamp - start_bag) / 1e9 / rate
