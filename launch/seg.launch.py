@@ -1,10 +1,10 @@
 """Start seg_node with config/seg.yaml.
 
 ros2 launch seg_perception seg.launch.py [config:=FILE] [namespace:=NS] [image_topic:=TOPIC]
-                                         [model:=gun|shelfnet]
+                                         [model:=gun|shelfnet] [rviz:=true]
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -22,18 +22,43 @@ def _node(context, *args, **kwargs):
     parameters = read_params_file(LaunchConfiguration("config").perform(context))
     if model:
         parameters["model"] = model
-    return [
+    namespace = LaunchConfiguration("namespace")
+    actions = [
         Node(
             package="seg_perception",
             executable="seg_node",
             name="seg_node",
-            namespace=LaunchConfiguration("namespace"),
+            namespace=namespace,
             parameters=[parameters],
             remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
             output="screen",
             emulate_tty=True,
         )
     ]
+    if LaunchConfiguration("rviz").perform(context).lower() in ("true", "1", "yes"):
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+
+        try:
+            get_package_share_directory("rviz2")
+        except PackageNotFoundError:
+            return [*actions, LogInfo(msg="rviz:=true but rviz2 is not installed; skipping RViz")]
+        rviz_config = PathJoinSubstitution(
+            [FindPackageShare("seg_perception"), "config", "seg.rviz"]
+        )
+        actions.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                namespace=namespace,  # config/seg.rviz uses relative topics
+                arguments=["-d", rviz_config],
+                remappings=[("image", image_topic)],
+                output="screen",
+            )
+        )
+    return actions
 
 
 def generate_launch_description():
@@ -61,6 +86,11 @@ def generate_launch_description():
                 "model",
                 default_value="",
                 description="override the config's model (gun | shelfnet)",
+            ),
+            DeclareLaunchArgument(
+                "rviz",
+                default_value="false",
+                description="also start RViz with config/seg.rviz (where rviz2 is installed)",
             ),
             OpaqueFunction(function=_node),
         ]
