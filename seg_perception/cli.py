@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "seg_perception.engines.build_engine_cli",
         "build a TensorRT engine (or an int8 ONNX model) from ONNX, for vehicle provisioning",
     ),
+    "eval": (
+        "seg_perception.eval.eval_cli",
+        "offline evaluation of a ROS 2 bag: metrics, report, outputs bag",
+    ),
     "export": ("seg_perception.networks.export_cli", "export a network's export form to ONNX"),
     "models": ("seg_perception.networks.report", "list the networks: switches, parameters, GFLOPs"),
     "train": (

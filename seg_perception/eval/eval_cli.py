@@ -1,0 +1,97 @@
+"""``seg-perception eval``: offline evaluation of a ROS 2 bag (see :mod:`.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bag", required=True, help="ROS 2 bag (directory, .mcap or .db3)")
+    parser.add_argument(
+        "--camera-topic",
+        default=None,
+        help="Image or CompressedImage topic (default: the single Image topic not under gt/)",
+    )
+    parser.add_argument(
+        "--gt-semantic-topic", default=None, help="trainId ground truth (default <ns>/gt/semantic)"
+    )
+    parser.add_argument(
+        "--gt-instance-topic",
+        default=None,
+        help="Cityscapes instanceId ground truth (default <ns>/gt/instance)",
+    )
+    parser.add_argument("--config", default=None, help="node parameter file (default: shipped)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set backend=torch (repeatable; YAML values)",
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--cityscapes",
+        action="store_true",
+        help="also export predictions and ground truth in the Cityscapes layout to OUT/cityscapes",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from seg_perception.config import load_config
+    from seg_perception.data.bag_io import BagError, bag_topics
+    from seg_perception.engines import EngineError
+    from seg_perception.eval.evaluate import build_pipeline, evaluate_bag, resolve_topics
+    from seg_perception.labels import load_label_table
+
+    try:
+        cfg = load_config(args.config, parse_overrides(args.set))
+        # the cheap checks first: topics before building engines
+        resolve_topics(
+            args.bag,
+            bag_topics(args.bag),
+            camera_topic=args.camera_topic,
+            gt_semantic_topic=args.gt_semantic_topic,
+            gt_instance_topic=args.gt_instance_topic,
+            need_instance=cfg.panoptic.enabled,
+        )
+        labels = load_label_table(cfg.labels)
+        pipeline = build_pipeline(cfg, labels)
+        metrics = evaluate_bag(
+            args.bag,
+            args.out,
+            pipeline,
+            camera_topic=args.camera_topic,
+            gt_semantic_topic=args.gt_semantic_topic,
+            gt_instance_topic=args.gt_instance_topic,
+            progress=not args.no_progress,
+            cityscapes_dir=Path(args.out) / "cityscapes" if args.cityscapes else None,
+        )
+    except KeyboardInterrupt:
+        print(f"seg-perception eval: interrupted; partial report in {args.out}", file=sys.stderr)
+        return 130
+    except (BagError, EngineError, ValueError, OSError) as exc:
+        print(f"seg-perception eval: error: {exc}", file=sys.stderr)
+        return 2
+    sem = metrics["semantic"]
+    line = f"frames {metrics['frames']['processed']}, mIoU {sem['miou']}"
+    if "panoptic" in metrics:
+        line += f", PQ {metrics['panoptic']['all']['pq']}"
+    print(f"{line}; report: {args.out}/report.html")
+    return 0

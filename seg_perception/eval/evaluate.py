@@ -1,0 +1,443 @@
+"""Offline evaluation of a ROS 2 bag: run the pipeline on every camera frame, score it against
+the ground truth recorded beside it, record the outputs and write a report.
+
+ROS-free except for ``rclpy.serialization`` and the ``sensor_msgs`` message classes: messages are
+deserialized into rclpy types so that the outputs carry the input headers unchanged.
+
+Ground truth is aligned with the camera by header stamp. Camera frames whose ground truth is
+missing are still segmented and recorded (no drops) but not scored (``frames.without_gt``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from seg_perception.atomic import write_text_atomic
+from seg_perception.config import SegConfig
+from seg_perception.data.bag_io import BagError, bag_topics, image_from_ros, read_bag_messages
+from seg_perception.eval.fusion_bench import gt_panoptic
+from seg_perception.labels import IGNORE_ID, PANOPTIC_DIVISOR, LabelTable
+from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
+from seg_perception.pipeline import (
+    ALL_OUTPUTS,
+    INSTANCE,
+    OVERLAY,
+    PANOPTIC,
+    PANOPTIC_COLOR,
+    SEMANTIC,
+    SEMANTIC_COLOR,
+    PanopticSettings,
+    Pipeline,
+)
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+CAMERA_TYPES = (IMAGE, COMPRESSED)
+# relative to the camera's namespace, as seg_node publishes them
+OUTPUT_TOPICS = {
+    "segmentation/semantic": (SEMANTIC, "mono8"),
+    "segmentation/semantic_color": (SEMANTIC_COLOR, "rgb8"),
+    "segmentation/overlay": (OVERLAY, "rgb8"),
+}
+PANOPTIC_TOPICS = {
+    "segmentation/instance": (INSTANCE, "mono16"),
+    "segmentation/panoptic": (PANOPTIC, "32SC1"),
+    "segmentation/panoptic_color": (PANOPTIC_COLOR, "rgb8"),
+}
+NUM_SAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Topics:
+    camera: str
+    camera_type: str
+    gt_semantic: str
+    gt_instance: str | None  # None: no panoptic scoring
+
+    @property
+    def namespace(self) -> str:
+        return camera_namespace(self.camera)
+
+
+def camera_namespace(topic: str) -> str:
+    """``/camera/image`` and ``/camera/image/compressed`` -> ``/camera``; ``/image`` -> ``""``."""
+    parts = topic.strip("/").split("/")
+    if len(parts) > 1 and parts[-1] in ("compressed", "theora", "zstd"):
+        parts = parts[:-1]
+    return "".join("/" + p for p in parts[:-1])
+
+
+def _listing(topics: dict[str, str]) -> str:
+    return ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "(none)"
+
+
+def resolve_topics(
+    bag: str | Path,
+    topics: dict[str, str],
+    *,
+    camera_topic: str | None = None,
+    gt_semantic_topic: str | None = None,
+    gt_instance_topic: str | None = None,
+    need_instance: bool = True,
+) -> Topics:
+    """Pick the camera and ground-truth topics of a bag (``topics``: ``{topic: msgtype}``).
+
+    Default camera: the single ``sensor_msgs/msg/Image`` topic not under ``gt/``. Default ground
+    truth: ``<ns>/gt/semantic`` and ``<ns>/gt/instance`` of the camera's namespace. Raises
+    :class:`BagError` naming the missing topic and listing the bag's topics.
+    """
+    if camera_topic is None:
+        cands = [t for t, m in topics.items() if m == IMAGE and "/gt/" not in t + "/"]
+        if len(cands) != 1:
+            raise BagError(
+                f"{bag}: cannot choose the camera topic: {len(cands)} sensor_msgs/msg/Image "
+                f"topics outside gt/ ({', '.join(sorted(cands)) or 'none'}); pass --camera-topic. "
+                f"Topics in the bag: {_listing(topics)}"
+            )
+        camera_topic = cands[0]
+    if camera_topic not in topics:
+        raise BagError(
+            f"{bag}: camera topic {camera_topic} not in the bag; topics: {_listing(topics)}"
+        )
+    if topics[camera_topic] not in CAMERA_TYPES:
+        raise BagError(
+            f"{bag}: camera topic {camera_topic} has type {topics[camera_topic]}; expected "
+            f"{' or '.join(CAMERA_TYPES)}"
+        )
+    ns = camera_namespace(camera_topic)
+    sem = gt_semantic_topic or f"{ns}/gt/semantic"
+    inst = gt_instance_topic or f"{ns}/gt/instance"
+    needed = [sem, inst] if need_instance else [sem]
+    for topic in needed:
+        if topic not in topics:
+            raise BagError(
+                f"{bag}: ground-truth topic {topic} not in the bag; topics: {_listing(topics)}"
+            )
+        if topics[topic] != IMAGE:
+            raise BagError(f"{bag}: ground-truth topic {topic} has type {topics[topic]}")
+    return Topics(
+        camera_topic, topics[camera_topic], sem, inst if (need_instance or inst in topics) else None
+    )
+
+
+def build_pipeline(cfg: SegConfig, labels: LabelTable) -> Pipeline:
+    """The node's pipeline from a configuration (semantic engine, and ASP when enabled)."""
+    from seg_perception.engines import create_panoptic_engine, create_semantic_engine
+
+    engine, _ = create_semantic_engine(cfg, labels)
+    pan = cfg.panoptic
+    pan_engine = create_panoptic_engine(cfg, labels)[0] if pan.enabled else None
+    settings = PanopticSettings(
+        score_threshold=pan.score_threshold,
+        method=cfg.fusion.method,
+        semantic_source=cfg.fusion.semantic_source,
+        min_new_instance_area=cfg.fusion.min_new_instance_area,
+    )
+    return Pipeline(
+        engine,
+        labels,
+        overlay_alpha=cfg.overlay_alpha,
+        panoptic_engine=pan_engine,
+        panoptic=settings,
+    )
+
+
+def _stamp(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, np.float64)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "mean": float(a.mean()),
+        "n": int(a.size),
+    }
+
+
+@dataclass
+class Accumulators:
+    """Everything the metrics and the report are computed from."""
+
+    labels: LabelTable
+    panoptic: bool
+    semantic: SemanticMetrics = field(init=False)
+    fused: SemanticMetrics = field(init=False)
+    trimap: TrimapIoU = field(init=False)
+    pq: PanopticQuality = field(init=False)
+    timings: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    frames: int = 0
+    scored: int = 0
+    samples: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.semantic = SemanticMetrics(labels=self.labels)
+        self.fused = SemanticMetrics(labels=self.labels)
+        self.trimap = TrimapIoU(labels=self.labels)
+        self.pq = PanopticQuality(self.labels)
+
+    def update(
+        self,
+        semantic: np.ndarray,
+        gt_sem: np.ndarray,
+        fused: np.ndarray | None = None,
+        panoptic: np.ndarray | None = None,
+        gt_inst: np.ndarray | None = None,
+    ) -> None:
+        """Score one frame (pipeline outputs against ground truth)."""
+        self.scored += 1
+        self.semantic.update(semantic, gt_sem)
+        self.trimap.update(semantic, gt_sem)
+        if fused is not None:
+            self.fused.update(fused, gt_sem)
+        if panoptic is not None and gt_inst is not None:
+            self.pq.update(panoptic, ground_truth_panoptic(gt_sem, gt_inst))
+
+    def compute(self, *, interrupted: bool = False, total_frames: int | None = None) -> dict:
+        sem = self.semantic.compute()
+        out: dict[str, Any] = {
+            "frames": {
+                "processed": self.frames,
+                "scored": self.scored,
+                "without_gt": self.frames - self.scored,
+                "in_bag": total_frames,
+                "interrupted": interrupted,
+            },
+            "semantic": sem,
+            "confusion": self.semantic.confusion.tolist(),
+            "boundary_iou": self.trimap.compute(),
+            "latency_ms": {k: _percentiles(v) for k, v in self.timings.items() if v},
+        }
+        if self.panoptic:
+            out["panoptic"] = self.pq.compute()
+            fused = self.fused.compute()
+            out["fusion"] = {
+                "miou_realtime": sem["miou"],
+                "miou_fused": fused["miou"],
+                "gain": fused["miou"] - sem["miou"],
+                "fused_iou": fused["iou"],
+            }
+        return out
+
+
+def ground_truth_panoptic(gt_sem: np.ndarray, gt_inst: np.ndarray) -> np.ndarray:
+    """Panoptic ids of a Cityscapes-style frame (void = 255 * 1000)."""
+    pan, _ = gt_panoptic(gt_sem, gt_inst)
+    pan[gt_sem == IGNORE_ID] = IGNORE_ID * PANOPTIC_DIVISOR
+    return pan
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+class _Recorder:
+    """The output bag: the camera topic as recorded plus the segmentation topics."""
+
+    def __init__(self, path: Path, topics: Topics, panoptic: bool) -> None:
+        from seg_perception.data.bag_io import OutputBag
+
+        self.bag = OutputBag(path, "mcap", overwrite=True)
+        self.camera = topics.camera
+        self.bag.add_connection(topics.camera, topics.camera_type)
+        table = {**OUTPUT_TOPICS, **(PANOPTIC_TOPICS if panoptic else {})}
+        self.topics = {f"{topics.namespace}/{t}": v for t, v in table.items()}
+        for topic in self.topics:
+            self.bag.add_connection(topic, IMAGE)
+
+    def write(
+        self, stamp: int, raw: bytes, header: Any, arrays: dict[str, np.ndarray | None]
+    ) -> None:
+        from rclpy.serialization import serialize_message
+
+        from seg_perception.ros.image_codec import array_to_imgmsg
+
+        self.bag.write(self.camera, stamp, raw)
+        for topic, (name, enc) in self.topics.items():
+            arr = arrays[name]
+            if arr is None:
+                raise RuntimeError(f"pipeline produced no {name} output")
+            if enc == "mono16":
+                arr = arr.astype(np.uint16)
+            elif enc == "32SC1":
+                arr = arr.astype(np.int32)
+            self.bag.write(topic, stamp, serialize_message(array_to_imgmsg(arr, enc, header)))
+
+
+def evaluate_bag(
+    bag: str | Path,
+    out_dir: str | Path,
+    pipeline: Pipeline,
+    *,
+    camera_topic: str | None = None,
+    gt_semantic_topic: str | None = None,
+    gt_instance_topic: str | None = None,
+    progress: bool = True,
+    write_report: bool = True,
+    cityscapes_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``pipeline`` on every camera frame of ``bag``; writes ``outputs.mcap``,
+    ``metrics.json`` and (``write_report``) ``report.md`` / ``report.html`` with PNG plots to
+    ``out_dir``; with ``cityscapes_dir`` also the frames in the Cityscapes layout
+    (:mod:`.cityscapes_export`). Returns the metrics. A KeyboardInterrupt stops reading;
+    everything is still
+    written for the frames done (``frames.interrupted`` is true) and the interrupt re-raised.
+    """
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from seg_perception.ros.image_codec import msg_to_rgb8
+
+    panoptic = pipeline.panoptic_engine is not None
+    all_topics = bag_topics(bag)
+    topics = resolve_topics(
+        bag,
+        all_topics,
+        camera_topic=camera_topic,
+        gt_semantic_topic=gt_semantic_topic,
+        gt_instance_topic=gt_instance_topic,
+        need_instance=panoptic,
+    )
+    total = _count(bag, topics.camera)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = Accumulators(pipeline.labels, panoptic)
+    rec = _Recorder(out / "outputs.mcap", topics, panoptic)
+    gt: dict[str, dict[int, np.ndarray]] = {topics.gt_semantic: {}}
+    if topics.gt_instance:
+        gt[topics.gt_instance] = {}
+    pending: dict[int, tuple[int, bytes, Any]] = {}
+    cam_type = CompressedImage if topics.camera_type == COMPRESSED else Image
+    wanted = [topics.camera, *gt]
+
+    def process(stamp: int, raw: bytes, msg: Any) -> None:
+        key = _stamp(msg)
+        rgb = msg_to_rgb8(msg)
+        res = pipeline.run(rgb, ALL_OUTPUTS)
+        assert res.semantic is not None
+        timings = dict(res.timings_ms)
+        arrays: dict[str, np.ndarray | None] = {
+            SEMANTIC: res.semantic,
+            SEMANTIC_COLOR: res.semantic_color,
+            OVERLAY: res.overlay,
+        }
+        fused = pan = segments = None
+        if panoptic:
+            po = pipeline.run_panoptic(rgb, res.semantic)
+            timings.update(po.timings_ms)
+            fused, pan, segments = po.result.semantic, po.result.panoptic, po.result.segments
+            arrays.update({INSTANCE: po.result.instance, PANOPTIC: pan})
+            arrays[PANOPTIC_COLOR] = po.panoptic_color
+        for k, v in timings.items():
+            acc.timings[k].append(v)
+        acc.timings["total"].append(sum(timings.values()))
+        rec.write(stamp, raw, msg.header, arrays)
+        g_sem = gt[topics.gt_semantic].pop(key, None)
+        g_inst = gt[topics.gt_instance].pop(key, None) if topics.gt_instance else None
+        if cityscapes_dir is not None:
+            from seg_perception.eval.cityscapes_export import export_frame
+
+            export_frame(
+                cityscapes_dir,
+                acc.frames,
+                pipeline.labels,
+                res.semantic,
+                gt_semantic=g_sem,
+                gt_instance=g_inst,
+                panoptic=pan,
+                segments=segments,
+            )
+        acc.frames += 1
+        if g_sem is None:
+            return
+        if g_sem.shape != res.semantic.shape:
+            raise BagError(
+                f"{bag}: ground truth {topics.gt_semantic} at stamp {key} is "
+                f"{g_sem.shape[1]}x{g_sem.shape[0]} but the camera frame is "
+                f"{rgb.shape[1]}x{rgb.shape[0]}"
+            )
+        acc.update(res.semantic, g_sem, fused, pan, g_inst)
+        if len(acc.samples) < NUM_SAMPLES:
+            acc.samples.append({"rgb": rgb.copy(), "gt": g_sem.copy(), "pred": res.semantic.copy()})
+
+    def ready(key: int) -> bool:
+        return all(key in d for d in gt.values())
+
+    interrupted = False
+    bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress)
+    try:
+        for topic, _, stamp, raw in read_bag_messages(bag, wanted):
+            try:
+                if topic == topics.camera:
+                    msg = deserialize_message(raw, cam_type)
+                    if ready(_stamp(msg)):
+                        process(stamp, raw, msg)
+                        bar.update()
+                    else:
+                        pending[_stamp(msg)] = (stamp, raw, msg)
+                    continue
+                gmsg = deserialize_message(raw, Image)
+                key = _stamp(gmsg)
+                gt[topic][key] = image_from_ros(gmsg)
+            except BagError:
+                raise
+            except Exception as exc:  # undecodable message: name it
+                raise BagError(f"{bag}: cannot decode a message of {topic}: {exc}") from exc
+            if key in pending and ready(key):
+                process(*pending.pop(key))
+                bar.update()
+        for item in sorted(pending.values(), key=lambda x: x[0]):  # frames without ground truth
+            process(*item)
+            bar.update()
+        pending.clear()
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        bar.close()
+        rec.bag.abort()
+        raise
+    bar.close()
+    rec.bag.close()
+    metrics = _json_safe(acc.compute(interrupted=interrupted, total_frames=total))
+    metrics["topics"] = {
+        "camera": topics.camera,
+        "gt_semantic": topics.gt_semantic,
+        "gt_instance": topics.gt_instance,
+        "outputs": sorted(rec.topics),
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
+    if write_report:
+        from seg_perception.eval.report import write_report as _write
+
+        _write(out, metrics, acc)
+    if interrupted:
+        raise KeyboardInterrupt
+    return metrics
+
+
+def _count(bag: str | Path, topic: str) -> int | None:
+    """Messages on ``topic`` from the bag's metadata (None when unknown)."""
+    from rosbags.rosbag2 import Reader
+
+    try:
+        with Reader(Path(bag)) as reader:
+            return sum(c.msgcount for c in reader.connections if c.topic == topic)
+    except Exception:
+        return None
