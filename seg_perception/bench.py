@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -52,8 +53,6 @@ def machine_line() -> str:
 
 
 def bench_node(frames: int, camera_hw: tuple[int, int], network_hw: tuple[int, int]) -> dict:
-    import os
-
     import rclpy
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
@@ -69,7 +68,7 @@ def bench_node(frames: int, camera_hw: tuple[int, int], network_hw: tuple[int, i
         node = SegNode(
             parameter_overrides=[
                 Parameter("allow_random_weights", value=True),
-            Parameter("panoptic.enabled", value=False),  # this table is the semantic frame path
+                Parameter("panoptic.enabled", value=False),  # this table is the semantic frame path
                 Parameter("network_height", value=network_hw[0]),
                 Parameter("network_width", value=network_hw[1]),
             ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -125,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
     camera = [m for m in read_bag_messages(bag, topics=[camera_topic])]
     if not camera:
         raise ValueError(f"{bag}: no messages on {camera_topic}")
-
-    import os
 
     os.environ.update(loopback_env())
     log_path = out_dir / "seg_node.log"

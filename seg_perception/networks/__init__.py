@@ -7,9 +7,10 @@ exporter and the trainer. An unknown name is an error that lists the valid ones.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 # name -> "module:builder". Resolved on use so that importing the package stays cheap
 # (the panoptic model pulls in torchvision's detection stack).
