@@ -13,6 +13,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from seg_perception.ros import compressed_codec as cc
 from seg_perception.ros import image_codec as ic
 
 # (dtype, channels) per encoding, written out from cv_bridge's getCvType table.
@@ -301,23 +302,23 @@ def smooth_rgb(h: int = 32, w: int = 48) -> np.ndarray:
 
 def test_jpeg_round_trip_within_tolerance() -> None:
     rgb = smooth_rgb()
-    msg = ic.encode_compressed(rgb, fmt="jpeg", quality=95, header=Header(frame_id="f"))
+    msg = cc.encode_compressed(rgb, fmt="jpeg", quality=95, header=Header(frame_id="f"))
     assert isinstance(msg, CompressedImage) and msg.header.frame_id == "f"
     assert msg.format == "rgb8; jpeg compressed bgr8" and bytes(msg.data[:2]) == b"\xff\xd8"
-    back = ic.decode_compressed(deserialize_message(serialize_message(msg), CompressedImage))
+    back = cc.decode_compressed(deserialize_message(serialize_message(msg), CompressedImage))
     diff = np.abs(back.astype(int) - rgb)
     assert back.shape == rgb.shape and diff.mean() < 2 and diff.max() < 16
 
 
 def test_png_round_trip_exact_and_mono() -> None:
     rgb = make_array("rgb8", h=5, w=7)
-    msg = ic.encode_compressed(rgb, fmt="png")
+    msg = cc.encode_compressed(rgb, fmt="png")
     assert msg.format == "rgb8; png compressed bgr8"
     assert_same(ic.msg_to_rgb8(msg), rgb)
     grey = rgb[..., 1].copy()
-    mono = ic.encode_compressed(grey, fmt="png")
+    mono = cc.encode_compressed(grey, fmt="png")
     assert mono.format.startswith("mono8; png compressed")
-    assert_same(ic.decode_compressed(mono), np.repeat(grey[..., None], 3, 2))
+    assert_same(cc.decode_compressed(mono), np.repeat(grey[..., None], 3, 2))
 
 
 @pytest.mark.parametrize(
@@ -329,7 +330,7 @@ def test_compressed_channel_order_follows_format(fmt: str, payload_order: str) -
     payload = rgb[..., ::-1] if payload_order == "bgr" else rgb  # imencode writes array as BGR
     msg = CompressedImage(format=fmt)
     msg.data = array.array("B", cv2.imencode(".png", np.ascontiguousarray(payload))[1].tobytes())
-    assert_same(ic.decode_compressed(msg), rgb)
+    assert_same(cc.decode_compressed(msg), rgb)
 
 
 def _compressed(data: bytes, fmt: str = "rgb8; jpeg compressed bgr8") -> CompressedImage:
@@ -339,21 +340,21 @@ def _compressed(data: bytes, fmt: str = "rgb8; jpeg compressed bgr8") -> Compres
 
 
 def test_compressed_bad_inputs() -> None:
-    jpeg = bytes(ic.encode_compressed(smooth_rgb()).data)
-    png = bytes(ic.encode_compressed(smooth_rgb(), fmt="png").data)
+    jpeg = bytes(cc.encode_compressed(smooth_rgb()).data)
+    png = bytes(cc.encode_compressed(smooth_rgb(), fmt="png").data)
     noise = np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes()
     cases = [(b"", "empty"), (noise, "corrupt_compressed"),
              (jpeg[: len(jpeg) // 2], "corrupt_compressed"),
              (png[: len(png) // 2], "corrupt_compressed")]  # fmt: skip
     for data, reason in cases:
         with pytest.raises(ic.ImageDecodeError) as info:
-            ic.decode_compressed(_compressed(data))
+            cc.decode_compressed(_compressed(data))
         assert info.value.reason == reason, (len(data), reason)
     with pytest.raises(ic.ImageDecodeError) as info:
         ic.msg_to_rgb8(_compressed(png, "16UC1; compressedDepth png"))
     assert info.value.reason == "unsupported_encoding"
     with pytest.raises(ic.ImageEncodeError) as enc:
-        ic.encode_compressed(smooth_rgb(), fmt="webp")
+        cc.encode_compressed(smooth_rgb(), fmt="webp")
     assert enc.value.reason == "unsupported_format"
 
 
@@ -380,7 +381,7 @@ def test_msg_to_rgb8_dispatch() -> None:
     )
     assert_same(ic.msg_to_rgb8(raw), rgb)
     packed = deserialize_message(
-        serialize_message(ic.encode_compressed(rgb, fmt="png")), CompressedImage
+        serialize_message(cc.encode_compressed(rgb, fmt="png")), CompressedImage
     )
     assert_same(ic.msg_to_rgb8(packed), rgb)
     with pytest.raises(TypeError):
