@@ -38,6 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also export predictions and ground truth in the Cityscapes layout to OUT/cityscapes",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="evaluate a running seg_node: play the bag into it over DDS, score its outputs and "
+        "report frames answered / dropped and end-to-end latency",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=1.0, help="--live: playback speed factor (default 1.0)"
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=180.0,
+        help="--live: seconds to wait for seg_node to come up (default 180)",
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -53,7 +68,53 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def run_live(args: argparse.Namespace) -> int:
+    from seg_perception.data.bag_io import BagError
+    from seg_perception.eval.live import evaluate_live
+
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(
+                f"seg-perception eval: error: --set expects KEY=VALUE, got {item!r}",
+                file=sys.stderr,
+            )
+            return 2
+        overrides[key.strip()] = value
+    try:
+        metrics = evaluate_live(
+            args.bag,
+            args.out,
+            config_path=args.config,
+            overrides=overrides,
+            camera_topic=args.camera_topic,
+            gt_semantic_topic=args.gt_semantic_topic,
+            gt_instance_topic=args.gt_instance_topic,
+            rate=args.rate,
+            startup_timeout=args.startup_timeout,
+        )
+    except KeyboardInterrupt:
+        print("seg-perception eval --live: interrupted", file=sys.stderr)
+        return 130
+    except (BagError, ValueError, OSError, RuntimeError, TimeoutError) as exc:
+        print(f"seg-perception eval --live: error: {exc}", file=sys.stderr)
+        return 2
+    rt = metrics["realtime"]
+    lat = rt["latency_ms"]
+    line = (
+        f"frames published {rt['published']}, answered {rt['answered']}, "
+        f"dropped {rt['dropped']}, mIoU {metrics['semantic']['miou']}"
+    )
+    if lat:
+        line += f", end-to-end latency p50 {lat['p50']:.1f} ms p95 {lat['p95']:.1f} ms"
+    print(f"{line}; report: {args.out}/report.html")
+    return 0 if rt["answered"] else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "live", False):
+        return run_live(args)
     from seg_perception.config import load_config
     from seg_perception.data.bag_io import BagError, bag_topics
     from seg_perception.engines import EngineError

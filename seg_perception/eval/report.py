@@ -146,8 +146,9 @@ def write_report(out: Path, metrics: dict[str, Any], acc: Any) -> list[Path]:
         paths.append(out / name)
 
     fr = metrics["frames"]
+    title = "Live evaluation" if "realtime" in metrics else "Offline evaluation"
     lines = [
-        "# Offline evaluation",
+        f"# {title}",
         "",
         f"Camera `{metrics['topics']['camera']}`; frames processed {fr['processed']}, "
         f"scored {fr['scored']}, without ground truth {fr['without_gt']}"
@@ -176,11 +177,11 @@ def write_report(out: Path, metrics: dict[str, Any], acc: Any) -> list[Path]:
     ]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in paths]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
-    write_text_atomic(out / "report.html", _html(lines, paths))
+    write_text_atomic(out / "report.html", _html(lines, paths, title))
     return paths
 
 
-def _html(md_lines: list[str], paths: list[Path]) -> str:
+def _html(md_lines: list[str], paths: list[Path], title: str = "Offline evaluation") -> str:
     """A small HTML rendering of the Markdown lines (headings, tables, paragraphs, images)."""
     body: list[str] = []
     table: list[list[str]] = []
@@ -221,6 +222,6 @@ def _html(md_lines: list[str], paths: list[Path]) -> str:
         "table{border-collapse:collapse}"
     )
     return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Offline evaluation</title>'
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
