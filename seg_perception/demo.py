@@ -3,9 +3,10 @@
 1. a synthetic camera bag is generated once and cached;
 2. ``seg_node`` starts as its own process, exactly as ``ros2 launch`` would start it;
 3. the bag's camera topic is played into it over DDS at the recorded rate;
-4. every output topic is recorded into an MCAP bag, next to a contact sheet
-   (input | semantic colour | panoptic colour | overlay) and a summary (frames in / out /
-   dropped, latency).
+4. a live evaluation (:func:`seg_perception.eval.live.evaluate_live`) records every output topic
+   into an MCAP bag and scores the answered frames against the bag's ground truth (report.md /
+   report.html, metrics.json); the demo adds a contact sheet (input | semantic colour | panoptic
+   colour | overlay) and prints the headline numbers (mIoU, PQ, FPS, drops).
 """
 
 from __future__ import annotations
@@ -13,21 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 NAMESPACE = "/camera"
-OUTPUTS = (
-    "segmentation/semantic",
-    "segmentation/semantic_color",
-    "segmentation/overlay",
-    "segmentation/instance",
-    "segmentation/panoptic",
-    "segmentation/panoptic_color",
-)
 SHEET = ("segmentation/semantic_color", "segmentation/panoptic_color", "segmentation/overlay")
 
 
@@ -89,190 +80,110 @@ def _contact_sheet(path: Path, rows: list[list[np.ndarray]], width: int = 512) -
     write_bytes_atomic(path, png.tobytes())
 
 
-def run(args: argparse.Namespace) -> int:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+def _sheet_rows(outputs_bag: Path, camera_topic: str) -> list[list[np.ndarray]]:
+    """Up to 4 frames of (camera | semantic colour | panoptic colour | overlay) from the
+    recorded outputs, preferring frames that have every image."""
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
-    from tqdm import tqdm
 
+    from seg_perception.data.bag_io import read_bag_messages
+    from seg_perception.ros.image_codec import imgmsg_to_array
+
+    ns = camera_topic.rsplit("/", 1)[0]
+    wanted = [camera_topic, *(f"{ns}/{t}" for t in SHEET)]
+    by_stamp: dict[int, dict[str, np.ndarray]] = {}
+    for topic, _, _, raw in read_bag_messages(outputs_bag, topics=wanted):
+        msg = deserialize_message(raw, Image)
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        by_stamp.setdefault(stamp, {})[topic] = imgmsg_to_array(msg)
+    answered = sorted(s for s, imgs in by_stamp.items() if len(imgs) > 1)
+    complete = [s for s in answered if len(by_stamp[s]) == len(wanted)]
+    shown = complete or answered
+    if not shown:
+        return []
+    picks = sorted({shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(4, len(shown)))})
+    rows = []
+    for s in picks:
+        cam = by_stamp[s][camera_topic]
+        rows.append([by_stamp[s].get(t, np.full_like(cam, 64)) for t in wanted])
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
     from seg_perception.atomic import write_text_atomic
     from seg_perception.config import default_config_path, load_config, resolve_path
-    from seg_perception.data.bag_io import OutputBag, read_bag_messages
-    from seg_perception.ros.bridge import (
-        Received,
-        TopicRecorder,
-        loopback_env,
-        play_messages,
-        start_node,
-        stop_process,
-    )
-    from seg_perception.ros.image_codec import imgmsg_to_array
+    from seg_perception.eval.live import evaluate_live
+    from seg_perception.ros.bridge import loopback_env
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     bag = _synthetic_bag(args)
     config = Path(args.config) if args.config else default_config_path()
     cfg = load_config(config)
-    params = {}
+    overrides: dict[str, str] = {}
     missing = [w for w in (cfg.weights, cfg.panoptic.weights) if not resolve_path(w).is_file()]
     if missing:
-        params["allow_random_weights"] = "true"
+        overrides["allow_random_weights"] = "true"
         print("[demo] " + "!" * 70)
         print(f"[demo] no trained weights at {', '.join(missing)}: RANDOM WEIGHTS,")
         print("[demo] so the segmentation is noise. The data flow, topics and timing are real.")
         print("[demo] " + "!" * 70)
-    camera_topic = f"{NAMESPACE}/image"
-    camera = [m for m in read_bag_messages(bag, topics=[camera_topic])]
-    if not camera:
-        raise ValueError(f"{bag}: no messages on {camera_topic}")
-
     os.environ.update(loopback_env())
-    log_path = out_dir / "seg_node.log"
-    proc = start_node(config, namespace=NAMESPACE, params=params, log_path=log_path)
-    print(f"[demo] started seg_node (pid {proc.pid}), log: {log_path}")
-
-    rclpy.init()
-    node = rclpy.create_node("seg_demo")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
-
-    recorded = out_dir / "outputs.mcap"
-    writer = OutputBag(recorded, storage="mcap", overwrite=True)
-    lock = threading.Lock()
-    published_ns: dict[int, int] = {}  # header stamp -> wall time published
-    received: dict[str, dict[int, tuple[int, bytes]]] = {t: {} for t in OUTPUTS}
-    labels_seen = threading.Event()
-
-    def stamp_of(raw: bytes) -> int:
-        msg = deserialize_message(raw, Image)
-        return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-    def sink(item: Received) -> None:
-        if item.topic.endswith("segmentation/labels"):
-            labels_seen.set()
-        with lock:
-            writer.add_connection(item.topic, item.msgtype)
-            writer.write(item.topic, item.wall_ns, item.rawdata)
-        short = item.topic.removeprefix(NAMESPACE + "/")
-        if short in received:
-            received[short][stamp_of(item.rawdata)] = (item.wall_ns, item.rawdata)
-
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-    TopicRecorder(node, {f"{NAMESPACE}/{t}": "sensor_msgs/msg/Image" for t in OUTPUTS}, sink)
-    TopicRecorder(
-        node,
-        {f"{NAMESPACE}/segmentation/labels": "std_msgs/msg/String"},
-        sink,
-        qos=QoSProfile(
-            depth=1,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
-        ),
+    print(f"[demo] seg_node on {NAMESPACE}, live evaluation of {bag} -> {out_dir}")
+    metrics = evaluate_live(
+        bag,
+        out_dir,
+        config_path=config,
+        overrides=overrides,
+        camera_topic=f"{NAMESPACE}/image",
+        rate=args.rate,
+        startup_timeout=args.startup_timeout,
     )
-    code = 0
-    try:
-        deadline = time.monotonic() + args.startup_timeout
-        print("[demo] waiting for seg_node (engine warm-up) ...")
-        while not labels_seen.wait(0.2):
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"seg_node exited with code {proc.returncode}; see {log_path}:\n"
-                    + log_path.read_text(errors="replace")[-2000:]
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"seg_node not ready after {args.startup_timeout:.0f} s")
-        time.sleep(0.5)  # let discovery of all output subscriptions settle
-        bar = tqdm(total=len(camera), desc="[demo] playing", unit="frame")
-
-        def on_publish(topic: str, wall_ns: int, raw: bytes) -> None:
-            published_ns[stamp_of(raw)] = wall_ns
-            with lock:
-                writer.add_connection(topic, "sensor_msgs/msg/Image")
-                writer.write(topic, wall_ns, raw)
-            bar.update(1)
-
-        play_messages(node, camera, rate=args.rate, on_publish=on_publish)
-        bar.close()
-        last = max(published_ns)
-        wait_until = time.monotonic() + 30.0
-        while time.monotonic() < wait_until and last not in received[OUTPUTS[0]]:
-            time.sleep(0.1)
-        if cfg.panoptic.enabled:  # the asynchronous ASP model finishes the frame it holds
-            panoptic = received["segmentation/panoptic"]
-            seen, quiet_since = len(panoptic), time.monotonic()
-            while time.monotonic() < wait_until and time.monotonic() - quiet_since < 5.0:
-                if len(panoptic) != seen:
-                    seen, quiet_since = len(panoptic), time.monotonic()
-                time.sleep(0.1)
-        time.sleep(0.5)
-    finally:
-        node_code = stop_process(proc)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-        writer.close()
-    if node_code not in (0, -2, 130):
-        print(f"[demo] seg_node exited with code {node_code}; see {log_path}")
-        code = 1
-
-    semantic = received[OUTPUTS[0]]
-    answered = sorted(set(semantic) & set(published_ns))
-    latency = (
-        np.array([(semantic[s][0] - published_ns[s]) / 1e6 for s in answered])
-        if answered
-        else np.zeros(0)
-    )
+    rt = metrics["realtime"]
+    lat = rt.get("latency_ms") or {}
+    duration_s = rt["published"] / (args.fps * args.rate)
     summary = {
-        "frames_in": len(published_ns),
-        "frames_out": len(answered),
-        "frames_dropped": len(published_ns) - len(answered),
-        "latency_ms": {
-            "p50": float(np.percentile(latency, 50)) if latency.size else None,
-            "p95": float(np.percentile(latency, 95)) if latency.size else None,
-        },
-        "random_weights": bool(params),
+        "frames_in": rt["published"],
+        "frames_out": rt["answered"],
+        "frames_dropped": rt["dropped"],
+        "panoptic_frames": rt.get("panoptic_answered"),
+        "output_fps": rt["answered"] / duration_s if duration_s else None,
+        "latency_ms": {"p50": lat.get("p50"), "p95": lat.get("p95")},
+        "miou": metrics.get("semantic", {}).get("miou"),
+        "pq": (metrics.get("panoptic") or {}).get("all", {}).get("pq"),
+        "random_weights": bool(missing),
         "bag": str(bag),
-        "outputs_bag": str(recorded),
+        "outputs_bag": str(out_dir / "outputs.mcap"),
+        "report": str(out_dir / "report.html"),
     }
-    summary["panoptic_frames"] = len(received["segmentation/panoptic"])
-    complete = [s for s in answered if all(s in received[t] for t in SHEET)]
-    shown = complete or answered
-    if shown:
-        picks = sorted({shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(4, len(shown)))})
-        camera_by_stamp = {stamp_of(raw): raw for _, _, _, raw in camera}
-        rows = []
-        for s in picks:
-            row = [imgmsg_to_array(deserialize_message(camera_by_stamp[s], Image))]
-            for topic in SHEET:
-                if s in received[topic]:
-                    row.append(imgmsg_to_array(deserialize_message(received[topic][s][1], Image)))
-                else:  # no panoptic result for this frame (async / every_n): a grey tile
-                    row.append(np.full_like(row[0], 64))
-            rows.append(row)
-        if rows:
-            _contact_sheet(out_dir / "contact_sheet.png", rows)
-            summary["contact_sheet"] = str(out_dir / "contact_sheet.png")
+    rows = _sheet_rows(out_dir / "outputs.mcap", f"{NAMESPACE}/image")
+    if rows:
+        _contact_sheet(out_dir / "contact_sheet.png", rows)
+        summary["contact_sheet"] = str(out_dir / "contact_sheet.png")
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
-    lat = summary["latency_ms"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None or v != v else f"{100 * v:.1f} %"
+
     print("[demo] ---------------------------------------------------------------")
     print(
-        f"[demo] frames in {summary['frames_in']}, out {summary['frames_out']}, "
-        f"dropped {summary['frames_dropped']} (latest-frame policy), "
-        f"panoptic results {summary['panoptic_frames']}"
+        f"[demo] frames in {summary['frames_in']}, out {summary['frames_out']}, dropped "
+        f"{summary['frames_dropped']} (latest-frame policy), panoptic results "
+        f"{summary['panoptic_frames']}"
     )
-    if latency.size:
-        print(f"[demo] end-to-end latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms")
-    if params:
-        print("[demo] NOTE: random weights (no trained model yet): outputs are not meaningful")
+    if lat:
+        print(
+            f"[demo] end-to-end latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms; "
+            f"output {summary['output_fps']:.1f} FPS"
+        )
     print(
-        f"[demo] outputs: {recorded}  contact sheet: {summary.get('contact_sheet')}  "
-        f"summary: {out_dir / 'summary.json'}"
+        f"[demo] mIoU {pct(summary['miou'])}, PQ {pct(summary['pq'])} (answered frames vs "
+        "the synthetic ground truth)"
     )
-    if not answered:
-        print("[demo] ERROR: the node answered no frame")
-        code = 1
-    return code
+    if missing:
+        print("[demo] NOTE: random weights (no trained model yet): the scores are meaningless")
+    print(
+        f"[demo] report: {out_dir / 'report.html'}  outputs: {out_dir / 'outputs.mcap'}  "
+        f"contact sheet: {summary.get('contact_sheet')}"
+    )
+    return 0 if rt["answered"] else 1

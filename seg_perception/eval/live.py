@@ -186,7 +186,17 @@ def evaluate_live(
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"seg_node not ready after {startup_timeout:.0f} s ({log_path})")
-        play_messages(node, camera, rate=rate, on_publish=on_publish, wait_subscribers=10.0)
+        from tqdm import tqdm
+
+        with tqdm(total=len(camera), desc="[live] playing", unit="frame") as bar:
+
+            def publish_and_count(topic: str, wall_ns: int, raw: bytes) -> None:
+                on_publish(topic, wall_ns, raw)
+                bar.update(1)
+
+            play_messages(
+                node, camera, rate=rate, on_publish=publish_and_count, wait_subscribers=10.0
+            )
         last = max(published)
         until = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < until:
