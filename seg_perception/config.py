@@ -372,3 +372,15 @@ def parse_hw(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
     return h, w
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars);
+    a malformed item is a ValueError naming the command-line ``option``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

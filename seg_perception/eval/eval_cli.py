@@ -56,16 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
-    import yaml
+    """``--set`` items -> ``{key: YAML value}``."""
+    from seg_perception.config import parse_key_values
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_key_values(items, "--set")
 
 
 def run_live(args: argparse.Namespace) -> int:

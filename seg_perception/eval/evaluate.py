@@ -37,21 +37,12 @@ from seg_perception.pipeline import (
     PanopticSettings,
     Pipeline,
 )
+from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAMERA_TYPES = (IMAGE, COMPRESSED)
 # relative to the camera's namespace, as seg_node publishes them
-OUTPUT_TOPICS = {
-    "segmentation/semantic": (SEMANTIC, "mono8"),
-    "segmentation/semantic_color": (SEMANTIC_COLOR, "rgb8"),
-    "segmentation/overlay": (OVERLAY, "rgb8"),
-}
-PANOPTIC_TOPICS = {
-    "segmentation/instance": (INSTANCE, "mono16"),
-    "segmentation/panoptic": (PANOPTIC, "32SC1"),
-    "segmentation/panoptic_color": (PANOPTIC_COLOR, "rgb8"),
-}
 NUM_SAMPLES = 3
 
 

@@ -33,15 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_switches(items: list[str]) -> dict[str, object]:
-    import yaml
+    from seg_perception.config import parse_key_values
 
-    switches: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--switch expects KEY=VALUE, got {item!r}")
-        switches[key] = yaml.safe_load(value)
-    return switches
+    return parse_key_values(items, "--switch")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -122,5 +122,3 @@ def encode_compressed(
     msg.format = f"{'mono8' if mono else 'rgb8'}; {kind} compressed {target}"
     msg.data = _u8_array(data)
     return msg
-
-

@@ -34,31 +34,18 @@ from seg_perception.labels import load_label_table
 from seg_perception.pipeline import (
     ALL_OUTPUTS,
     INSTANCE,
-    OVERLAY,
     PANOPTIC,
     PANOPTIC_COLOR,
     PANOPTIC_OUTPUTS,
-    SEMANTIC,
-    SEMANTIC_COLOR,
     PanopticSettings,
     Pipeline,
 )
 from seg_perception.ros.diagnostics import NodeStats, build_diagnostics
 from seg_perception.ros.image_codec import ImageDecodeError, array_to_imgmsg, msg_to_rgb8
+from seg_perception.ros.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 from seg_perception.ros.worker import LatestWorker
 
 # topic -> (pipeline output, encoding)
-OUTPUT_TOPICS = {
-    "segmentation/semantic": (SEMANTIC, "mono8"),
-    "segmentation/semantic_color": (SEMANTIC_COLOR, "rgb8"),
-    "segmentation/overlay": (OVERLAY, "rgb8"),
-}
-PANOPTIC_TOPICS = {
-    "segmentation/instance": (INSTANCE, "mono16"),
-    "segmentation/panoptic": (PANOPTIC, "32SC1"),
-    "segmentation/panoptic_color": (PANOPTIC_COLOR, "rgb8"),
-}
-LABELS_TOPIC = "segmentation/labels"
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
