@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from seg_perception.config import SegConfig
 from seg_perception.engines.base import Engine, OutputBuffers
 from seg_perception.fusion import fuse
 from seg_perception.labels import LabelTable
@@ -233,3 +234,38 @@ class Pipeline:
                 "panoptic_colorize": (t5 - t4) * 1e3,
             },
         )
+
+
+def build_pipeline(
+    cfg: SegConfig,
+    labels: LabelTable,
+    *,
+    on_note: Callable[[str, str], None] = lambda _model, _note: None,
+) -> Pipeline:
+    """The pipeline of a configuration: the real-time engine, the ASP engine when
+    ``panoptic.enabled``, and the fusion settings. The node and both evaluations build it here,
+    so that they run the same computation. ``on_note(model, note)`` hears where each engine's
+    weights came from."""
+    from seg_perception.engines import create_panoptic_engine, create_semantic_engine
+
+    engine, note = create_semantic_engine(cfg, labels)
+    on_note(cfg.model, note)
+    engine.warmup(cfg.warmup_frames)
+    panoptic_engine = None
+    if cfg.panoptic.enabled:
+        panoptic_engine, note = create_panoptic_engine(cfg, labels)
+        on_note("panoptic_asp", note)
+        panoptic_engine.warmup(min(cfg.warmup_frames, 1))
+    settings = PanopticSettings(
+        score_threshold=cfg.panoptic.score_threshold,
+        method=cfg.fusion.method,
+        semantic_source=cfg.fusion.semantic_source,
+        min_new_instance_area=cfg.fusion.min_new_instance_area,
+    )
+    return Pipeline(
+        engine,
+        labels,
+        overlay_alpha=cfg.overlay_alpha,
+        panoptic_engine=panoptic_engine,
+        panoptic=settings,
+    )

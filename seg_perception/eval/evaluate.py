@@ -21,12 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from seg_perception.atomic import write_text_atomic
-from seg_perception.config import SegConfig
 from seg_perception.data.bag_io import BagError, bag_topics, image_from_ros, read_bag_messages
 from seg_perception.eval.fusion_bench import gt_panoptic
 from seg_perception.labels import IGNORE_ID, PANOPTIC_DIVISOR, LabelTable
 from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
-from seg_perception.pipeline import (
+from seg_perception.pipeline import (  # noqa: F401 - build_pipeline re-exported
     ALL_OUTPUTS,
     INSTANCE,
     OVERLAY,
@@ -36,6 +35,7 @@ from seg_perception.pipeline import (
     SEMANTIC_COLOR,
     PanopticSettings,
     Pipeline,
+    build_pipeline,
 )
 from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
@@ -116,28 +116,6 @@ def resolve_topics(
             raise BagError(f"{bag}: ground-truth topic {topic} has type {topics[topic]}")
     return Topics(
         camera_topic, topics[camera_topic], sem, inst if (need_instance or inst in topics) else None
-    )
-
-
-def build_pipeline(cfg: SegConfig, labels: LabelTable) -> Pipeline:
-    """The node's pipeline from a configuration (semantic engine, and ASP when enabled)."""
-    from seg_perception.engines import create_panoptic_engine, create_semantic_engine
-
-    engine, _ = create_semantic_engine(cfg, labels)
-    pan = cfg.panoptic
-    pan_engine = create_panoptic_engine(cfg, labels)[0] if pan.enabled else None
-    settings = PanopticSettings(
-        score_threshold=pan.score_threshold,
-        method=cfg.fusion.method,
-        semantic_source=cfg.fusion.semantic_source,
-        min_new_instance_area=cfg.fusion.min_new_instance_area,
-    )
-    return Pipeline(
-        engine,
-        labels,
-        overlay_alpha=cfg.overlay_alpha,
-        panoptic_engine=pan_engine,
-        panoptic=settings,
     )
 
 

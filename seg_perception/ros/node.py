@@ -29,7 +29,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from seg_perception import config as cfgmod
-from seg_perception.engines import EngineError, create_panoptic_engine, create_semantic_engine
+from seg_perception.engines import EngineError
 from seg_perception.labels import load_label_table
 from seg_perception.pipeline import (
     ALL_OUTPUTS,
@@ -37,15 +37,13 @@ from seg_perception.pipeline import (
     PANOPTIC,
     PANOPTIC_COLOR,
     PANOPTIC_OUTPUTS,
-    PanopticSettings,
-    Pipeline,
+    build_pipeline,
 )
 from seg_perception.ros.diagnostics import NodeStats, build_diagnostics
 from seg_perception.ros.image_codec import ImageDecodeError, array_to_imgmsg, msg_to_rgb8
 from seg_perception.ros.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 from seg_perception.ros.worker import LatestWorker
 
-# topic -> (pipeline output, encoding)
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -83,29 +81,13 @@ class SegNode(Node):
         self.labels = load_label_table(self.cfg.labels)
         log = self.get_logger()
         self.engine_state = "warming"
-        engine, note = create_semantic_engine(self.cfg, self.labels)
-        (log.warning if "RANDOM" in note else log.info)(f"{self.cfg.model}: {note}")
-        engine.warmup(self.cfg.warmup_frames)
-        panoptic_engine = None
-        pan = self.cfg.panoptic
-        if pan.enabled:
-            panoptic_engine, note = create_panoptic_engine(self.cfg, self.labels)
-            (log.warning if "RANDOM" in note else log.info)(f"panoptic_asp: {note}")
-            panoptic_engine.warmup(min(self.cfg.warmup_frames, 1))
+
+        def log_note(model: str, note: str) -> None:
+            (log.warning if "RANDOM" in note else log.info)(f"{model}: {note}")
+
+        self.pipeline = build_pipeline(self.cfg, self.labels, on_note=log_note)
         self.engine_state = "loaded"
-        settings = PanopticSettings(
-            score_threshold=pan.score_threshold,
-            method=self.cfg.fusion.method,
-            semantic_source=self.cfg.fusion.semantic_source,
-            min_new_instance_area=self.cfg.fusion.min_new_instance_area,
-        )
-        self.pipeline = Pipeline(
-            engine,
-            self.labels,
-            overlay_alpha=self.cfg.overlay_alpha,
-            panoptic_engine=panoptic_engine,
-            panoptic=settings,
-        )
+        pan = self.cfg.panoptic
         self.stats = NodeStats()
         self._frame_index = 0
 
