@@ -1,7 +1,7 @@
 """Start seg_node with config/seg.yaml.
 
 ros2 launch seg_perception seg.launch.py [config:=FILE] [namespace:=NS] [image_topic:=TOPIC]
-                                         [model:=gun|shelfnet] [rviz:=true]
+                                         [model:=gun|shelfnet] [cameras:=front,left] [rviz:=true]
 """
 
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
@@ -22,6 +22,9 @@ def _node(context, *args, **kwargs):
     parameters = read_params_file(LaunchConfiguration("config").perform(context))
     if model:
         parameters["model"] = model
+    cameras = LaunchConfiguration("cameras").perform(context)
+    if cameras:  # camera 'front' reads <namespace>/front/image (image_topic applies to '' only)
+        parameters["cameras"] = cameras
     namespace = LaunchConfiguration("namespace")
     actions = [
         Node(
@@ -86,6 +89,12 @@ def generate_launch_description():
                 "model",
                 default_value="",
                 description="override the config's model (gun | shelfnet)",
+            ),
+            DeclareLaunchArgument(
+                "cameras",
+                default_value="",
+                description="override the config's cameras: comma-separated camera namespaces "
+                "served by one node, batched into one engine call",
             ),
             DeclareLaunchArgument(
                 "rviz",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_perception.cli_paths import OutputFile
 from seg_perception.config import parse_hw
 
 NODE_STAGES = ("decode", "preprocess", "engine", "postprocess", "colorize", "publish")
@@ -31,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--frames", type=int, default=20, help="timed frames (default 20)")
     node.add_argument("--camera", default="1024x2048", help="camera HxW (default 1024x2048)")
     node.add_argument("--network", default="512x1024", help="network HxW (default 512x1024)")
-    node.add_argument("--json", default=None, help="also write the results as JSON here")
+    node.add_argument(
+        "--json", default=None, action=OutputFile, help="also write the results as JSON here"
+    )
     from seg_perception.engines import bench_engines
 
     engines = sub.add_parser("engines", help="backends x precisions: latency, GFLOP/s, ceiling")
@@ -40,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fusion.add_argument("--frames", type=int, default=10, help="frames per count (default 10)")
     fusion.add_argument("--counts", default="5,20,50", help="instance counts (default 5,20,50)")
     fusion.add_argument("--size", default="1024x2048", help="frame HxW (default 1024x2048)")
-    fusion.add_argument("--json", default=None, help="also write the results as JSON here")
+    fusion.add_argument(
+        "--json", default=None, action=OutputFile, help="also write the results as JSON here"
+    )
 
 
 def machine_line() -> str:

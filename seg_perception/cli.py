@@ -44,6 +44,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "seg_perception.params_cli",
         "list the node parameters with defaults and descriptions",
     ),
+    "fuzz": (
+        "seg_perception.stress.fuzz",
+        "malformed and good frames into a seg_node subprocess: crashes, answers, counted drops",
+    ),
+    "soak": (
+        "seg_perception.stress.soak",
+        "synthetic camera streams into seg_node for minutes: RSS growth, latency, drops",
+    ),
 }
 
 

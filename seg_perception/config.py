@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import typing
 from collections.abc import Mapping
@@ -91,6 +92,33 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Thresholds of the /diagnostics levels (``diagnostics.*``), judged per period."""
+
+    expected_rate_hz: float = _spec(
+        "Output rate each camera should reach; 0 = the camera's measured input rate.",
+        minimum=0.0,
+        maximum=10000.0,
+    )
+    min_rate_ratio: float = _spec(
+        "WARN when a camera's output rate falls below this fraction of the expected rate.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    warn_drop_ratio: float = _spec(
+        "WARN when this fraction of a camera's frames in a period was dropped (stale, too old or "
+        "bad).",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    error_drop_ratio: float = _spec(
+        "ERROR when this fraction of a camera's frames in a period was dropped.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+
+
+@dataclass(frozen=True)
 class SegConfig:
     """Every node parameter. Defaults live in ``config/seg.yaml``, not here.
 
@@ -98,6 +126,17 @@ class SegConfig:
     (``panoptic.every_n``), exactly as a nested YAML mapping in a parameter file.
     """
 
+    cameras: str = _spec(
+        "Camera namespaces served by this node, comma separated (e.g. 'front,left'): camera "
+        "'front' reads front/image and publishes front/segmentation/*; frames of all cameras are "
+        "batched into one engine call. '' = one camera directly under the node namespace."
+    )
+    max_frame_age_ms: float = _spec(
+        "Frames whose header stamp is older than this (node clock; use_sim_time with /clock for "
+        "bags) when the worker takes them are dropped and counted; 0 = no deadline.",
+        minimum=0.0,
+        maximum=3600000.0,
+    )
     model: str = _spec("Real-time semantic network.", choices=("gun", "shelfnet"))
     weights: str = _spec(
         "Weights file (.safetensors or .pt) of the semantic network. A relative path is looked up "
@@ -150,8 +189,13 @@ class SegConfig:
     warmup_frames: int = _spec(
         "Engine warm-up runs before the first frame.", minimum=0, maximum=100
     )
+    diagnostics: DiagnosticsConfig = field(metadata={"section": True})
     panoptic: PanopticConfig = field(metadata={"section": True})
     fusion: FusionConfig = field(metadata={"section": True})
+
+    def camera_names(self) -> tuple[str, ...]:
+        """The ``cameras`` list; ``("",)`` for one camera under the node namespace."""
+        return parse_cameras(self.cameras)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -262,6 +306,16 @@ def validate(values: Mapping[str, Any], *, source: str, partial: bool = False) -
     if missing:
         raise ConfigError(f"{source}: missing parameter(s) {', '.join(missing)}")
     cfg = _build(SegConfig, checked)
+    try:
+        parse_cameras(cfg.cameras)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: parameter 'cameras': {exc}") from None
+    if cfg.diagnostics.warn_drop_ratio > cfg.diagnostics.error_drop_ratio:
+        raise ConfigError(
+            f"{source}: parameter 'diagnostics.warn_drop_ratio' "
+            f"({cfg.diagnostics.warn_drop_ratio}) must be <= 'diagnostics.error_drop_ratio' "
+            f"({cfg.diagnostics.error_drop_ratio})"
+        )
     for key in (
         "network_height",
         "network_width",
@@ -273,6 +327,27 @@ def validate(values: Mapping[str, Any], *, source: str, partial: bool = False) -
                 f"{source}: parameter '{key}' must be a multiple of 32, got {cfg.get(key)}"
             )
     return cfg
+
+
+_CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
+
+
+def parse_cameras(text: str) -> tuple[str, ...]:
+    """``"front, left"`` -> ``("front", "left")``; ``""`` -> ``("",)``. Names are relative ROS
+    namespaces (letters, digits, underscores, '/' between tokens); ValueError otherwise."""
+    names = tuple(n.strip() for n in text.split(",")) if text.strip() else ("",)
+    for name in names:
+        if len(names) > 1 and not name:
+            raise ValueError(f"empty camera name in {text!r}")
+        if name and not _CAMERA_NAME.match(name):
+            raise ValueError(
+                f"camera name {name!r} is not a relative ROS namespace (letters, digits, '_', "
+                "tokens separated by '/', starting with a letter)"
+            )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"camera(s) listed twice: {', '.join(duplicates)}")
+    return names
 
 
 def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
@@ -382,5 +457,8 @@ def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{option} {item!r}: not a plain YAML value: {exc}") from None
     return out

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_perception.cli_paths import ExistingFile, OutputDir
+
 NAMESPACE = "/camera"
 SHEET = ("segmentation/semantic_color", "segmentation/panoptic_color", "segmentation/overlay")
 
@@ -29,10 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--config", default=None, help="parameter file (default: shipped seg.yaml)")
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument(
-        "--cache", default=".cache/seg_perception", help="where the synthetic bag is cached"
+        "--config",
+        default=None,
+        action=ExistingFile,
+        help="parameter file (default: shipped seg.yaml)",
+    )
+    parser.add_argument(
+        "--out", default="demo_out", action=OutputDir, help="output folder (default demo_out)"
+    )
+    parser.add_argument(
+        "--cache",
+        default=".cache/seg_perception",
+        action=OutputDir,
+        help="where the synthetic bag is cached",
     )
     parser.add_argument("--startup-timeout", type=float, default=180.0)
 

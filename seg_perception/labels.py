@@ -209,8 +209,10 @@ def load_label_table(path: str | Path | None) -> LabelTable:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"label table file not found: {p}")
-    with p.open("r", encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh)
+    try:  # safe_load: a python/* tag in an untrusted file is an error, never executed
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), list):
         raise ValueError(f"{p}: expected a mapping with a 'labels' list")
     rows = []

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from seg_perception.cli_paths import ExistingFile
 from seg_perception.config import SegConfig, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="parameter file to show instead of the shipped defaults")
+    parser.add_argument(
+        "--config",
+        action=ExistingFile,
+        help="parameter file to show instead of the shipped defaults",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -122,30 +122,83 @@ class Pipeline:
         self._clock = clock
         self._buf = OutputBuffers()
         self._pan_buf = OutputBuffers()  # separate: the panoptic path may run in its own thread
+        self.engine_calls = 0  # calls of the real-time engine (one per batch of frames)
 
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> engine batch ``(1, h, w, 3)`` uint8."""
-        return resize_into(rgb, self._buf.get("batch", (1, *self.engine.input_hw, 3), np.uint8))
+    def preprocess(self, rgbs: list[np.ndarray]) -> np.ndarray:
+        """N frames ``(H_i, W_i, 3)`` uint8 -> engine batch ``(N, h, w, 3)`` uint8."""
+        batch = self._buf.get("batch", (len(rgbs), *self.engine.input_hw, 3), np.uint8)
+        for i, rgb in enumerate(rgbs):
+            resize_into(rgb, batch[i : i + 1])
+        return batch
+
+    def with_engine(self, engine: Engine) -> Pipeline:
+        """A pipeline like this one with another real-time engine (a run-time reload): the
+        panoptic engine and every setting are shared."""
+        return Pipeline(
+            engine,
+            self.labels,
+            overlay_alpha=self.overlay_alpha,
+            panoptic_engine=self.panoptic_engine,
+            panoptic=self.panoptic,
+            clock=self._clock,
+        )
 
     def run(self, rgb: np.ndarray, want: Iterable[str] = ALL_OUTPUTS) -> FrameOutputs:
         """Segment one RGB frame ``(H, W, 3)`` uint8; compute only the outputs in ``want``."""
-        want = frozenset(want)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(
-                f"pipeline input must be (H, W, 3) uint8 RGB, got {rgb.dtype} {rgb.shape}"
-            )
+        return self.run_batch([rgb], [want])[0]
+
+    def run_batch(
+        self, rgbs: list[np.ndarray], wants: list[Iterable[str]] | None = None
+    ) -> list[FrameOutputs]:
+        """Segment N frames (N cameras, any sizes) with one engine call per ``max_batch`` frames.
+
+        ``wants[i]``: the outputs to compute for frame i (default: all). Frame i's arrays live in
+        buffers of slot i: valid until the next call with a frame in that slot.
+        """
+        if not rgbs:
+            return []
+        wants = [ALL_OUTPUTS] * len(rgbs) if wants is None else wants
+        if len(wants) != len(rgbs):
+            raise ValueError(f"run_batch: {len(rgbs)} frames but {len(wants)} output sets")
+        for i, rgb in enumerate(rgbs):
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(
+                    f"pipeline input {i} must be (H, W, 3) uint8 RGB, got {rgb.dtype} {rgb.shape}"
+                )
+        step = max(1, int(getattr(self.engine, "max_batch", 1)))
+        outs: list[FrameOutputs] = []
+        for first in range(0, len(rgbs), step):
+            chunk = rgbs[first : first + step]
+            t = self._clock
+            t0 = t()
+            batch = self.preprocess(chunk)
+            t1 = t()
+            result = self.engine.infer(batch)
+            t2 = t()
+            self.engine_calls += 1
+            for j, rgb in enumerate(chunk):
+                out = self._postprocess(first + j, rgb, result, j, frozenset(wants[first + j]))
+                out.timings_ms = {
+                    "preprocess": (t1 - t0) * 1e3,
+                    "engine": (t2 - t1) * 1e3,
+                    **out.timings_ms,
+                }
+                outs.append(out)
+        return outs
+
+    def _postprocess(
+        self, slot: int, rgb: np.ndarray, result: dict[str, np.ndarray], j: int, want: frozenset
+    ) -> FrameOutputs:
+        """Frame ``j`` of an engine result -> outputs at the frame's resolution (buffers of
+        ``slot``)."""
         out = FrameOutputs()
         t = self._clock
-        t0 = t()
-        batch = self.preprocess(rgb)
-        t1 = t()
-        result = self.engine.infer(batch)
         t2 = t()
         height, width = rgb.shape[:2]
-        ids_lowres = result["class_ids"][0]
+        ids_lowres = result["class_ids"][j]
         confidence = result.get("confidence")
-        out.confidence = None if confidence is None else confidence[0]
-        semantic = self._buf.get("semantic", (height, width), np.uint8)
+        out.confidence = None if confidence is None else confidence[j]
+        semantic = self._buf.get(f"semantic{slot}", (height, width), np.uint8)
         if ids_lowres.shape == (height, width):
             np.copyto(semantic, ids_lowres)
         else:
@@ -153,28 +206,23 @@ class Pipeline:
         out.semantic = semantic
         t3 = t()
         if want & {SEMANTIC_COLOR, OVERLAY}:
-            color = self._buf.get("color", (height, width, 3), np.uint8)
+            color = self._buf.get(f"color{slot}", (height, width, 3), np.uint8)
             if ids_lowres.shape == (height, width):
                 self.labels.colorize(semantic, out=color)
             else:  # colour at network resolution, then the same nearest sampling as the ids:
                 # identical pixels, a quarter of the look-ups
-                small = self._buf.get("color_lowres", (*ids_lowres.shape, 3), np.uint8)
+                small = self._buf.get(f"color_lowres{slot}", (*ids_lowres.shape, 3), np.uint8)
                 self.labels.colorize(ids_lowres, out=small)
                 cv2.resize(small, (width, height), dst=color, interpolation=cv2.INTER_NEAREST)
             out.semantic_color = color
             if OVERLAY in want:
-                overlay = self._buf.get("overlay", (height, width, 3), np.uint8)
+                overlay = self._buf.get(f"overlay{slot}", (height, width, 3), np.uint8)
                 cv2.addWeighted(
                     rgb, 1.0 - self.overlay_alpha, color, self.overlay_alpha, 0.0, dst=overlay
                 )
                 out.overlay = overlay
         t4 = t()
-        out.timings_ms = {
-            "preprocess": (t1 - t0) * 1e3,
-            "engine": (t2 - t1) * 1e3,
-            "postprocess": (t3 - t2) * 1e3,
-            "colorize": (t4 - t3) * 1e3,
-        }
+        out.timings_ms = {"postprocess": (t3 - t2) * 1e3, "colorize": (t4 - t3) * 1e3}
         return out
 
     def run_panoptic(
@@ -248,7 +296,7 @@ def build_pipeline(
     weights came from."""
     from seg_perception.engines import create_panoptic_engine, create_semantic_engine
 
-    engine, note = create_semantic_engine(cfg, labels)
+    engine, note = create_semantic_engine(cfg, labels, max_batch=len(cfg.camera_names()))
     on_note(cfg.model, note)
     engine.warmup(cfg.warmup_frames)
     panoptic_engine = None

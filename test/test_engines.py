@@ -461,8 +461,10 @@ def test_build_engine_command(weights, cache, tmp_path, capsys) -> None:
     model = onnx.load(str(out))
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     assert {p.key for p in model.metadata_props} >= {"seg_perception.num_classes"}
-    assert build_engine_cli.run(_build_args("--model", str(tmp_path / "no.onnx"))) == 2
-    assert f"ONNX file {tmp_path / 'no.onnx'} not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused while the arguments are read
+        _build_args("--model", str(tmp_path / "no.onnx"))
+    assert exit_info.value.code == 2
+    assert "argument --model" in capsys.readouterr().err
     if not tensorrt_available():
         assert build_engine_cli.run(_build_args("--model", str(fp32))) == 2
         assert "TensorRT Python package is not installed" in capsys.readouterr().err

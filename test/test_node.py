@@ -202,9 +202,9 @@ def test_only_subscribed_outputs_are_computed(ros):
         assert node.wanted_outputs() == {"semantic"}
         _, msg = _image()
         timings = node.process_message(msg)
-        assert timings is not None and timings["colorize"] < 5.0  # colour work skipped
-        assert node.pipeline._buf._bufs.keys() >= {"semantic"}
-        assert "color" not in node.pipeline._buf._bufs and "overlay" not in node.pipeline._buf._bufs
+        assert timings is not None
+        bufs = node.pipeline._buf._bufs  # colour work skipped: no colour or overlay buffers
+        assert "semantic0" in bufs and "color0" not in bufs and "overlay0" not in bufs
     finally:
         listener.destroy_node()
         node.shutdown()
@@ -328,17 +328,22 @@ def test_subprocess_params_file_key_must_match_namespace(tmp_path):
 
 def _panoptic_node(mode: str, every_n: int = 1):
     params = [p for p in SMALL if p.name not in ("panoptic.enabled",)]
-    return SegNode(parameter_overrides=[
-        *params, Parameter("backend", value="torch"), Parameter("panoptic.enabled", value=True),
-        Parameter("panoptic.mode", value=mode), Parameter("panoptic.every_n", value=every_n),
-        Parameter("panoptic.network_height", value=128),
-        Parameter("panoptic.network_width", value=256),
-        Parameter("panoptic.score_threshold", value=0.0)])
+    return SegNode(
+        parameter_overrides=[
+            *params,
+            Parameter("backend", value="torch"),
+            Parameter("panoptic.enabled", value=True),
+            Parameter("panoptic.mode", value=mode),
+            Parameter("panoptic.every_n", value=every_n),
+            Parameter("panoptic.network_height", value=128),
+            Parameter("panoptic.network_width", value=256),
+            Parameter("panoptic.score_threshold", value=0.0),
+        ]
+    )
 
 
 def _panoptic_listener(h: Harness):
-    for topic in ("segmentation/instance", "segmentation/panoptic",
-                  "segmentation/panoptic_color"):
+    for topic in ("segmentation/instance", "segmentation/panoptic", "segmentation/panoptic_color"):
         h.received[topic] = []
         h.node.create_subscription(Image, topic, h._keep(topic), OUTPUT_QOS)
 
@@ -354,18 +359,34 @@ def test_panoptic_sync_every_n_frames_with_input_header(ros):
             time.sleep(0.05)
         for i in range(3):
             h.pub.publish(_image(stamp=(100 + i, 0), seed=i)[1])
-            assert h.wait_for(lambda i=i: any(m.header.stamp.sec == 100 + i
-                                              for m in h.received["segmentation/semantic"]))
-        assert h.wait_for(lambda: all(len(h.received[t]) >= 2 for t in (
-            "segmentation/instance", "segmentation/panoptic", "segmentation/panoptic_color")))
+            assert h.wait_for(
+                lambda i=i: any(
+                    m.header.stamp.sec == 100 + i for m in h.received["segmentation/semantic"]
+                )
+            )
+        assert h.wait_for(
+            lambda: all(
+                len(h.received[t]) >= 2
+                for t in (
+                    "segmentation/instance",
+                    "segmentation/panoptic",
+                    "segmentation/panoptic_color",
+                )
+            )
+        )
         time.sleep(0.3)
-        for topic, encoding in (("segmentation/instance", "mono16"),
-                                ("segmentation/panoptic", "32SC1"),
-                                ("segmentation/panoptic_color", "rgb8")):
+        for topic, encoding in (
+            ("segmentation/instance", "mono16"),
+            ("segmentation/panoptic", "32SC1"),
+            ("segmentation/panoptic_color", "rgb8"),
+        ):
             msgs = h.received[topic]
             assert [m.header.stamp.sec for m in msgs] == [100, 102], topic  # frames 0 and 2
-            assert all((m.height, m.width, m.encoding, m.header.frame_id)
-                       == (96, 160, encoding, "cam_front") for m in msgs), topic
+            assert all(
+                (m.height, m.width, m.encoding, m.header.frame_id)
+                == (96, 160, encoding, "cam_front")
+                for m in msgs
+            ), topic
         pan = imgmsg_to_array(h.received["segmentation/panoptic"][0])
         inst = imgmsg_to_array(h.received["segmentation/instance"][0])
         np.testing.assert_array_equal(pan % 1000, inst)

@@ -81,8 +81,12 @@ def test_semantic_outputs_at_input_resolution_and_only_requested():
 
 def test_panoptic_path_scales_boxes_and_fuses_with_realtime_semantic():
     engine = ConstantSemantic(_semantic_map())
-    pipe = Pipeline(engine, CITYSCAPES, panoptic_engine=OneCarASP(),
-                    panoptic=PanopticSettings(score_threshold=0.5, min_new_instance_area=10))
+    pipe = Pipeline(
+        engine,
+        CITYSCAPES,
+        panoptic_engine=OneCarASP(),
+        panoptic=PanopticSettings(score_threshold=0.5, min_new_instance_area=10),
+    )
     rgb = np.zeros((128, 256, 3), np.uint8)
     semantic = pipe.run(rgb, {"semantic"}).semantic
     out = pipe.run_panoptic(rgb, semantic)
@@ -102,8 +106,12 @@ def test_panoptic_path_scales_boxes_and_fuses_with_realtime_semantic():
 
 
 def test_panoptic_semantic_source_asp_uses_the_asp_semantic_head():
-    pipe = Pipeline(ConstantSemantic(_semantic_map()), CITYSCAPES, panoptic_engine=OneCarASP(),
-                    panoptic=PanopticSettings(semantic_source="asp"))
+    pipe = Pipeline(
+        ConstantSemantic(_semantic_map()),
+        CITYSCAPES,
+        panoptic_engine=OneCarASP(),
+        panoptic=PanopticSettings(semantic_source="asp"),
+    )
     out = pipe.run_panoptic(np.zeros((128, 256, 3), np.uint8), None)
     # the ASP semantic head says road everywhere: car mask pixels on background are deleted
     assert out.result.instance.max() == 0

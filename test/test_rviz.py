@@ -12,8 +12,12 @@ def test_rviz_layout_has_the_four_images_on_relative_topics():
     displays = doc["Visualization Manager"]["Displays"]
     images = [d for d in displays if d["Class"] == "rviz_default_plugins/Image"]
     topics = [d["Topic"]["Value"] for d in images]
-    assert topics == ["image", "segmentation/semantic_color", "segmentation/panoptic_color",
-                      "segmentation/overlay"]
+    assert topics == [
+        "image",
+        "segmentation/semantic_color",
+        "segmentation/panoptic_color",
+        "segmentation/overlay",
+    ]
     assert all(not t.startswith("/") for t in topics)  # namespaced by the launch file
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in images)
 

@@ -305,7 +305,9 @@ def test_cli_trains_and_exports(tmp_path: Path) -> None:
     tags = events.Tags()
     assert {"train/loss", "train/lr", "val/miou"} <= set(tags["scalars"])
     assert "val/sample_0" in tags["images"]
-    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused while the arguments are read
+        main(["--config", str(tmp_path / "missing.yaml")])
+    assert exit_info.value.code == 2
 
 
 def test_alternating_stages_switch_data_and_losses(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from ..cli_paths import OutputDir
 from .bag_io import DEFAULT_START_NS, BagError, write_synth_bag
 from .cityscapes_io import write_cityscapes_folder
 from .synth import generate_frames
@@ -19,7 +19,9 @@ from .synth import generate_frames
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``synth`` options to ``parser`` (returns it)."""
     parser.add_argument("--frames", type=int, required=True, help="number of frames")
-    parser.add_argument("--out", type=Path, required=True, help="bag directory or dataset root")
+    parser.add_argument(
+        "--out", action=OutputDir, required=True, help="bag directory or dataset root"
+    )
     parser.add_argument("--format", choices=("bag", "cityscapes"), default="bag")
     parser.add_argument(
         "--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage"

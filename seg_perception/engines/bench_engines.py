@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from seg_perception.cli_paths import OutputDir, OutputFile
 from seg_perception.engines.cache import default_cache_dir
 
 __all__ = [
@@ -59,7 +60,9 @@ NUM_CLASSES = 19
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument(
+        "--json", default=None, action=OutputFile, help="also write the results as JSON here"
+    )
     parser.add_argument("--runs", type=int, default=10, help="timed calls per engine (10)")
     parser.add_argument("--peer-runs", type=int, default=5, help="timed calls per peer (5)")
     parser.add_argument("--size", default="512x1024", help="network HxW (512x1024)")
@@ -68,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     parser.add_argument("--val-frames", type=int, default=4, help="synthetic val frames (4)")
     parser.add_argument("--calib-count", type=int, default=8, help="int8 calibration frames")
-    parser.add_argument("--cache-dir", default=None, help="export/engine cache directory")
+    parser.add_argument(
+        "--cache-dir", default=None, action=OutputDir, help="export/engine cache directory"
+    )
 
 
 def latency_stats(seconds: list[float]) -> tuple[float, float]:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seg_perception.atomic import write_bytes_atomic
+from seg_perception.cli_paths import ExistingFile, OutputDir, OutputFile, existing_path_or
 from seg_perception.engines.base import EngineError
 from seg_perception.engines.cache import default_cache_dir, record, verify
 from seg_perception.engines.calibration import (
@@ -217,7 +218,9 @@ def load_or_build(
 
 # ------------------------------------------------------------------------------ command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="ONNX export (.onnx) to build from")
+    parser.add_argument(
+        "--model", required=True, action=ExistingFile, help="ONNX export (.onnx) to build from"
+    )
     parser.add_argument(
         "--precision", default="fp16", choices=("fp32", "fp16", "int8"), help="default fp16"
     )
@@ -230,6 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib",
         default=None,
+        action=existing_path_or("synthetic"),
         help="int8 calibration images: a folder, a bag (.mcap/.db3/bag folder) or 'synthetic'",
     )
     parser.add_argument("--calib-topic", default=None, help="camera topic of the --calib bag")
@@ -240,9 +244,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=int, default=0, help="CUDA device index")
     parser.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace")
     parser.add_argument(
-        "--cache-dir", default=None, help=f"engine cache (default {default_cache_dir()})"
+        "--cache-dir",
+        default=None,
+        action=OutputDir,
+        help=f"engine cache (default {default_cache_dir()})",
     )
-    parser.add_argument("--output", default=None, help="also copy the result to this path")
+    parser.add_argument(
+        "--output", default=None, action=OutputFile, help="also copy the result to this path"
+    )
 
 
 def _build(args: argparse.Namespace) -> Path:

@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from seg_perception.cli_paths import ExistingBag, ExistingFile, OutputDir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bag", required=True, help="ROS 2 bag (directory, .mcap or .db3)")
+    parser.add_argument(
+        "--bag", required=True, action=ExistingBag, help="ROS 2 bag (directory, .mcap or .db3)"
+    )
     parser.add_argument(
         "--camera-topic",
         default=None,
@@ -23,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Cityscapes instanceId ground truth (default <ns>/gt/instance)",
     )
-    parser.add_argument("--config", default=None, help="node parameter file (default: shipped)")
+    parser.add_argument(
+        "--config", default=None, action=ExistingFile, help="node parameter file (default: shipped)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -31,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one parameter, e.g. --set backend=torch (repeatable; YAML values)",
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, action=OutputDir, help="output directory")
     parser.add_argument(
         "--cityscapes",
         action="store_true",

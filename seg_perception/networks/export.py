@@ -13,6 +13,7 @@ which this environment does not ship; the TorchScript exporter (``dynamo=False``
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SemanticExport",
+    "describe_load_error",
     "export_onnx",
     "load_weights",
     "read_state_dict",
@@ -189,8 +191,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             state: object = load_file(str(p), device="cpu")
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: name it
-        raise ValueError(f"cannot read weights file {p}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # corrupt, foreign or malicious file: name it
+        raise ValueError(f"cannot read weights file {p}: {describe_load_error(e)}") from e
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), Mapping):
@@ -202,6 +204,25 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return sd
+
+
+def describe_load_error(err: BaseException) -> str:
+    """One line for a failed ``torch.load(weights_only=True)`` / safetensors read.
+
+    torch's refusal of a pickle that needs code (``exec``, ``os.system``, a class) is several
+    lines with terminal colours and advice to load with ``weights_only=False``, advice that is
+    wrong for an untrusted file: only its reason is kept.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].rstrip(".")
+        return (
+            f"refused by the weights-only unpickler ({reason}); weights files hold only "
+            "tensors and plain containers, never code"
+        )
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(err).__name__}: {first[:300]}"
 
 
 def load_weights(

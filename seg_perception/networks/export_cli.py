@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from seg_perception.cli_paths import ExistingFile, OutputFile
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="gun | shelfnet | panoptic_asp")
-    parser.add_argument("--weights", help="weights file (.safetensors / .pt)")
+    parser.add_argument("--weights", action=ExistingFile, help="weights file (.safetensors / .pt)")
     parser.add_argument(
         "--random-weights",
         action="store_true",
         help="export seeded random weights (no --weights; for tests and timing)",
     )
-    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--out", required=True, action=OutputFile, help="ONNX file to write")
     parser.add_argument("--input", default="512x1024", help="input HxW (default 512x1024)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument(

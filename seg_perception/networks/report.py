@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from seg_perception.cli_paths import OutputFile
+
 # The paper configurations the report lists: (label, builder name, switches, paper input size)
 PAPER_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
     ("GUN (enc24shared, postproc_sum, GUM fusion)", "gun", {}, (512, 1024)),
@@ -88,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", default=None, help="HxW for every model (default: each paper's input size)"
     )
-    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--json", default=None, action=OutputFile, help="also write the rows as JSON here"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,15 +25,10 @@ _COLOR = {f"{c}{b}" for c in ("rgb", "bgr", "rgba", "bgra") for b in (8, 16)} | 
     "yuv422", "yuv422_yuy2", "uyvy", "yuyv"}  # fmt: skip
 
 
-def decode_compressed(msg: Any) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` -> ``(H, W, 3)`` uint8 RGB (``cv2.imdecode``).
-
-    Channel order follows image_transport's compressed subscriber: the decoded pixels are BGR
-    unless the format is "<colour encoding>; ... compressed <x>" with ``x`` not starting with
-    "bgr" (then the payload was written in RGB order). Grey and 16-bit payloads become 8-bit RGB.
-    Raises :class:`ImageDecodeError` ("empty", "unsupported_encoding" for compressedDepth,
-    "corrupt_compressed").
-    """
+def check_compressed(msg: Any) -> tuple[np.ndarray, int]:
+    """The checks of a CompressedImage that need no decoding (cheap enough for a subscription
+    callback): no data, a depth format, a JPEG cut short. Returns (payload bytes, length);
+    raises :class:`ImageDecodeError`."""
     fmt = str(msg.format)
     nbytes = _byte_length(msg.data)
     if not nbytes:
@@ -52,6 +47,20 @@ def decode_compressed(msg: Any) -> np.ndarray:
             "JPEG (no end-of-image marker)",
             reason="corrupt_compressed",
         )
+    return buf, nbytes
+
+
+def decode_compressed(msg: Any) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` -> ``(H, W, 3)`` uint8 RGB (``cv2.imdecode``).
+
+    Channel order follows image_transport's compressed subscriber: the decoded pixels are BGR
+    unless the format is "<colour encoding>; ... compressed <x>" with ``x`` not starting with
+    "bgr" (then the payload was written in RGB order). Grey and 16-bit payloads become 8-bit RGB.
+    Raises :class:`ImageDecodeError` ("empty", "unsupported_encoding" for compressedDepth,
+    "corrupt_compressed").
+    """
+    fmt = str(msg.format)
+    buf, nbytes = check_compressed(msg)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:

@@ -361,6 +361,27 @@ def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
     return arr if code is None else cv2.cvtColor(arr, code)
 
 
+def check_image_fields(msg: Any, max_pixels: int = 0) -> None:
+    """The checks of an Image or CompressedImage that need no pixel conversion (cheap enough for
+    a subscription callback): size limit (``max_pixels`` > 0), empty, step too small, data
+    shorter or longer than declared, unknown or unsupported encoding, empty / depth / cut-short
+    compressed payloads. Raises :class:`ImageDecodeError` with a ``reason``."""
+    if hasattr(msg, "encoding") and hasattr(msg, "step"):
+        pixels = int(msg.height) * int(msg.width)
+        if max_pixels and pixels > max_pixels:
+            raise ImageDecodeError(
+                f"{msg.width}x{msg.height} = {pixels} pixels exceeds max_pixels {max_pixels}",
+                reason="too_large",
+            )
+        _validate(msg)
+    elif hasattr(msg, "format") and hasattr(msg, "data"):
+        from seg_perception.ros.compressed_codec import check_compressed
+
+        check_compressed(msg)
+    else:
+        raise TypeError(f"expected sensor_msgs Image or CompressedImage, got {type(msg).__name__}")
+
+
 def msg_to_rgb8(msg: Any) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB from an Image or a CompressedImage (dispatch on the fields)."""
     if hasattr(msg, "encoding") and hasattr(msg, "step"):

@@ -1,30 +1,29 @@
-"""``seg_node``: camera images in, segmentation images out.
+"""``seg_node``: camera images in, segmentation images out, for one or several cameras.
 
 A thin adapter in the ros2/examples style: messages -> arrays -> :class:`Pipeline` -> arrays ->
-messages. Every output carries the input header and the input resolution. Input uses sensor-data
-QoS and a latest-frame policy: the subscription callback only parks the newest message in a
-one-slot mailbox; a worker thread processes whatever is newest when it is free, so a slow engine
-never builds a queue and replaced frames are counted as dropped.
+messages. Every output carries its input's header and resolution. Input uses sensor-data QoS and a
+latest-frame policy per camera: the subscription callback checks the message's fields (bad frames
+are counted there, so they never displace a good one) and parks it in the camera's one-slot
+mailbox; a worker thread takes the newest frame of every camera when it is free and runs them
+through the engine as one batch, so a slow engine never builds a queue. Replaced frames and frames
+older than ``max_frame_age_ms`` are counted as dropped.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
+from collections.abc import Hashable
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import (
-    DurabilityPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -39,8 +38,16 @@ from seg_perception.pipeline import (
     PANOPTIC_OUTPUTS,
     build_pipeline,
 )
-from seg_perception.ros.diagnostics import NodeStats, build_diagnostics
-from seg_perception.ros.image_codec import ImageDecodeError, array_to_imgmsg, msg_to_rgb8
+from seg_perception.ros.camera import Camera, camera_topic
+from seg_perception.ros.diagnostics import EngineHealth, camera_status, diagnostic_array
+from seg_perception.ros.image_codec import (
+    ImageDecodeError,
+    array_to_imgmsg,
+    check_image_fields,
+    msg_to_rgb8,
+)
+from seg_perception.ros.params import check_params_files_applied, declare_parameters, own_params
+from seg_perception.ros.reload import EngineReloader
 from seg_perception.ros.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 from seg_perception.ros.worker import LatestWorker
 
@@ -48,23 +55,6 @@ OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-_ROS_TYPES = {
-    bool: ParameterType.PARAMETER_BOOL,
-    int: ParameterType.PARAMETER_INTEGER,
-    float: ParameterType.PARAMETER_DOUBLE,
-    str: ParameterType.PARAMETER_STRING,
-}
-# parameters every rclpy node may receive; they are not ours to validate
-_BUILTIN_PARAMS = ("use_sim_time", "start_type_description_service")
-
-
-def _own_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Drop the parameters every rclpy node may receive (use_sim_time, qos_overrides.*)."""
-    return {
-        k: v
-        for k, v in params.items()
-        if k not in _BUILTIN_PARAMS and not k.startswith("qos_overrides.")
-    }
 
 
 class SegNode(Node):
@@ -73,188 +63,245 @@ class SegNode(Node):
     def __init__(self, *, params_files: tuple[str, ...] = (), **node_kwargs: Any) -> None:
         super().__init__(cfgmod.NODE_NAME, **node_kwargs)
         files = {
-            p: cfgmod.validate(_own_params(cfgmod.read_params_file(p)), source=p, partial=True)
+            p: cfgmod.validate(own_params(cfgmod.read_params_file(p)), source=p, partial=True)
             for p in params_files
         }  # errors name the file and the key
-        self.cfg = self._declare_and_read_parameters()
-        self._check_params_files_applied(files)
+        self.cfg = declare_parameters(self)
+        check_params_files_applied(self, files)
         self.labels = load_label_table(self.cfg.labels)
-        log = self.get_logger()
-        self.engine_state = "warming"
-
-        def log_note(model: str, note: str) -> None:
-            (log.warning if "RANDOM" in note else log.info)(f"{model}: {note}")
-
-        self.pipeline = build_pipeline(self.cfg, self.labels, on_note=log_note)
-        self.engine_state = "loaded"
+        self.semantic_health = EngineHealth("semantic", f"{self.cfg.model}/{self.cfg.backend}")
+        self.pipeline = build_pipeline(self.cfg, self.labels, on_note=self._log_note)
+        self.semantic_health.name = self.pipeline.engine.name
+        self.semantic_health.state = "loaded"
         pan = self.cfg.panoptic
-        self.stats = NodeStats()
-        self._frame_index = 0
-
-        topics = {**OUTPUT_TOPICS, **(PANOPTIC_TOPICS if pan.enabled else {})}
-        self._pubs = {topic: self.create_publisher(Image, topic, OUTPUT_QOS) for topic in topics}
+        self.panoptic_health = (
+            EngineHealth("panoptic", self.pipeline.panoptic_engine.name, state="loaded")
+            if self.pipeline.panoptic_engine is not None
+            else None
+        )
+        self._pipeline_lock = threading.Lock()  # held while the real-time engine runs
+        compressed = self.cfg.input_transport == "compressed"
+        msg_type: type = CompressedImage if compressed else Image
+        out_topics = {**OUTPUT_TOPICS, **(PANOPTIC_TOPICS if pan.enabled else {})}
+        self.cameras: dict[str, Camera] = {}
+        for name in self.cfg.camera_names():
+            pubs = {
+                t: self.create_publisher(Image, camera_topic(name, t), OUTPUT_QOS)
+                for t in out_topics
+            }
+            cam = Camera(
+                name, camera_topic(name, "image/compressed" if compressed else "image"), pubs
+            )
+            self.cameras[name] = cam
+            self.create_subscription(
+                msg_type, cam.input_topic, self._on_image_of(cam), qos_profile_sensor_data
+            )
         self._labels_pub = self.create_publisher(String, LABELS_TOPIC, LATCHED_QOS)
         self._labels_pub.publish(String(data=self.labels.to_json()))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics)
-
-        if self.cfg.input_transport == "compressed":
-            self._input_topic = "image/compressed"
-            msg_type: type = CompressedImage
-        else:
-            self._input_topic = "image"
-            msg_type = Image
-        self.create_subscription(
-            msg_type, self._input_topic, self._on_image, qos_profile_sensor_data
-        )
+        self.create_timer(self.cfg.diagnostics_period_s, self.publish_diagnostics)
+        self.reloader = EngineReloader(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = LatestWorker(
             "seg_worker",
-            self.process_message,
-            on_replaced=self._count_stale,
-            on_error=self._engine_failed,
+            self._process_batch,
+            take="all",
+            on_replaced=lambda cam, _msg: self.cameras[cam].stats.count("dropped_stale"),
+            on_error=self._worker_failed,
         )
         self._panoptic_worker = (
-            LatestWorker("seg_panoptic", self._process_panoptic, on_error=self._engine_failed)
+            LatestWorker(
+                "seg_panoptic",
+                self._process_panoptic_items,
+                take="one",
+                on_error=self._worker_failed,
+            )
             if pan.enabled and pan.mode == "async"
             else None
         )
-        log.info(
+        topics = ", ".join(self.resolve_topic_name(c.input_topic) for c in self.cameras.values())
+        self.get_logger().info(
             f"{self.cfg.model} on {self.cfg.backend}/{self.cfg.device} at "
-            f"{self.cfg.network_height}x{self.cfg.network_width}; listening on "
-            f"{self.resolve_topic_name(self._input_topic)}"
+            f"{self.cfg.network_height}x{self.cfg.network_width}; listening on {topics}"
         )
+
+    def _log_note(self, model: str, note: str) -> None:
+        log = self.get_logger()
+        (log.warning if "RANDOM" in note else log.info)(f"{model}: {note}")
 
     # ----------------------------------------------------------------- parameters
-    def _declare_and_read_parameters(self) -> cfgmod.SegConfig:
-        default_path = cfgmod.default_config_path()
-        defaults = cfgmod.validate(cfgmod.read_params_file(default_path), source=str(default_path))
-        types = cfgmod.SegConfig.field_types()
-        values = {}
-        for key in cfgmod.SegConfig.names():
-            descriptor = ParameterDescriptor(
-                name=key,
-                type=_ROS_TYPES[types[key]],
-                description=cfgmod.SegConfig.description(key),
-            )
-            param = self.declare_parameter(key, defaults.get(key), descriptor)
-            values[key] = param.value
-        overrides = getattr(self, "_parameter_overrides", {})
-        unknown = sorted(
-            n
-            for n in overrides
-            if n not in values and n not in _BUILTIN_PARAMS and not n.startswith("qos_overrides.")
-        )
-        if unknown:
-            raise cfgmod.ConfigError(
-                f"node parameters: unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                f"valid: {', '.join(cfgmod.SegConfig.names())}"
-            )
-        return cfgmod.validate(values, source="node parameters")
-
-    def _check_params_files_applied(self, files: dict[str, dict[str, Any]]) -> None:
-        """Every ``--params-file`` must be valid and must reach this node.
-
-        rcl applies a file's ``seg_node:`` section only to a node in the root namespace; under a
-        namespace it would silently keep the defaults. Say so instead, naming the file.
-        """
-        overrides = getattr(self, "_parameter_overrides", {})
-        for path, params in files.items():
-            missing = sorted(k for k in params if k not in overrides)
-            if missing:
-                raise cfgmod.ConfigError(
-                    f"{path}: parameters {', '.join(missing)} did not reach node "
-                    f"{self.get_fully_qualified_name()}: the file's node key does not match its "
-                    "namespace; use '/**/seg_node:' as the top-level key"
-                )
-
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
-        names = ", ".join(p.name for p in params)
-        return SetParametersResult(
-            successful=False,
-            reason=f"{names}: changing parameters at run time is not supported; "
-            "restart the node with the new value",
-        )
+        """``model``, ``weights``, ``backend``, ... reload the real-time engine while the old one
+        keeps serving (see :class:`EngineReloader`); other parameters need a restart."""
+        reason = self.reloader.request({p.name: p.value for p in params})
+        return SetParametersResult(successful=reason is None, reason=reason or "")
 
     # ----------------------------------------------------------------- input
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self.stats.received += 1
-        self._worker.offer(msg)
+    @property
+    def stats(self):
+        return next(iter(self.cameras.values())).stats
 
-    def _count_stale(self, _msg: Any) -> None:
-        self.stats.dropped_stale += 1
+    def _on_image_of(self, cam: Camera):
+        def on_image(msg: Image | CompressedImage) -> None:
+            cam.stats.count("received")
+            try:  # field checks here: a bad frame never replaces a good one in the mailbox
+                check_image_fields(msg, self.cfg.max_pixels)
+            except ImageDecodeError as exc:
+                self._count_bad(cam, exc)
+                return
+            self._worker.offer(msg, key=cam.name)
 
-    def _engine_failed(self, exc: Exception) -> None:
-        self.stats.engine_errors += 1
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
-        self.get_logger().error(f"frame failed: {self.stats.last_error}", throttle_duration_sec=5.0)
+        return on_image
 
-    def wanted_outputs(self) -> set[str]:
-        """Pipeline outputs that have at least one subscriber."""
-        topics = {**OUTPUT_TOPICS, **PANOPTIC_TOPICS}
-        return {topics[t][0] for t, p in self._pubs.items() if p.get_subscription_count()}
+    def _count_bad(self, cam: Camera, exc: ImageDecodeError) -> None:
+        n = cam.stats.count_bad(exc.reason)
+        self.get_logger().warning(
+            f"camera {cam.label}: dropped bad frame on {self.resolve_topic_name(cam.input_topic)}"
+            f" ({exc.reason}, {n} so far; bad frames in all: {cam.stats.bad_total}): {exc}",
+            throttle_duration_sec=2.0,
+        )
 
-    def process_message(self, msg: Image | CompressedImage) -> dict[str, float] | None:
-        """Decode, segment and publish one message; returns stage timings (ms)."""
-        t0 = time.perf_counter()
+    def _age_ms(self, msg: Any) -> float | None:
+        """Age of a frame on the node clock (ms), None when its header has no stamp."""
+        stamp = msg.header.stamp
+        if not (stamp.sec or stamp.nanosec):
+            return None
+        now = self.get_clock().now().nanoseconds
+        return (now - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
+
+    def wanted_outputs(self, camera: str | None = None) -> set[str]:
+        """Pipeline outputs that have at least one subscriber (first camera by default)."""
+        cam = self.cameras[camera] if camera is not None else next(iter(self.cameras.values()))
+        return cam.wanted_outputs()
+
+    def process_message(
+        self, msg: Image | CompressedImage, camera: str | None = None
+    ) -> dict[str, float] | None:
+        """Check, segment and publish one message of a camera (first by default), in the
+        calling thread; returns its stage timings (ms) or None when it was not processed."""
+        name = camera if camera is not None else next(iter(self.cameras))
+        cam = self.cameras[name]
         try:
-            pixels = int(getattr(msg, "height", 0)) * int(getattr(msg, "width", 0))
-            if pixels > self.cfg.max_pixels:
-                raise ImageDecodeError(
-                    f"{msg.width}x{msg.height} = {pixels} pixels exceeds max_pixels "
-                    f"{self.cfg.max_pixels}",
-                    reason="too_large",
-                )
-            rgb = msg_to_rgb8(msg)
+            check_image_fields(msg, self.cfg.max_pixels)
         except ImageDecodeError as exc:
-            self.stats.count_bad(exc.reason)
-            self.get_logger().warning(
-                f"dropped bad frame on {self._input_topic}: {exc} "
-                f"(bad frames so far: {self.stats.bad_total})",
-                throttle_duration_sec=2.0,
-            )
+            self._count_bad(cam, exc)
             return None
+        return self._process_batch({name: msg}).get(name)
+
+    def _process_batch(self, items: dict[Hashable, Any]) -> dict[Hashable, dict[str, float]]:
+        """The newest frame of each camera: decode, one engine call, publish per camera."""
+        t0 = time.perf_counter()
+        deadline = self.cfg.max_frame_age_ms
+        frames = []  # (camera, msg, rgb, want, age_ms)
+        for name, msg in items.items():
+            cam = self.cameras[name]
+            age = self._age_ms(msg)
+            if deadline > 0 and age is not None and age > deadline:
+                cam.stats.count("dropped_deadline")
+                continue
+            want = cam.wanted_outputs()
+            if not want:
+                cam.stats.count("skipped_no_subscribers")
+                continue
+            try:
+                rgb = msg_to_rgb8(msg)
+                if rgb.shape[0] * rgb.shape[1] > self.cfg.max_pixels:  # a compressed payload
+                    raise ImageDecodeError(
+                        f"decoded {rgb.shape[1]}x{rgb.shape[0]} exceeds max_pixels "
+                        f"{self.cfg.max_pixels}",
+                        reason="too_large",
+                    )
+            except ImageDecodeError as exc:
+                self._count_bad(cam, exc)
+                continue
+            frames.append((cam, msg, rgb, want, age))
+        if not frames:
+            return {}
         t1 = time.perf_counter()
-        want = self.wanted_outputs()
-        if not want:
-            self.stats.skipped_no_subscribers += 1
-            return None
-        out = self.pipeline.run(rgb, want)
-        t2 = time.perf_counter()
-        self._publish(OUTPUT_TOPICS, {k: getattr(out, k) for k in want & ALL_OUTPUTS}, msg.header)
-        t3 = time.perf_counter()
-        timings = {"decode": (t1 - t0) * 1e3, **out.timings_ms, "publish": (t3 - t2) * 1e3}
-        self.stats.record_frame(total_ms=(t3 - t0) * 1e3, engine_ms=out.timings_ms["engine"])
-        pan_want = want & PANOPTIC_OUTPUTS
-        if pan_want and self.pipeline.panoptic_engine is not None:
-            semantic = out.semantic if self.cfg.fusion.semantic_source == "realtime" else None
-            if self._panoptic_worker is not None:  # async: copy what the next frame overwrites
-                self._panoptic_worker.offer(
-                    (msg, rgb, None if semantic is None else semantic.copy())
-                )
-            elif self._frame_index % self.cfg.panoptic.every_n == 0:
-                timings.update(self._process_panoptic((msg, rgb, semantic)))
-        self._frame_index += 1
+        with self._pipeline_lock:
+            pipeline = self.pipeline
+            try:
+                outs = pipeline.run_batch([f[2] for f in frames], [f[3] for f in frames])
+            except Exception as exc:
+                self._engine_failed(self.semantic_health, [f[0] for f in frames], exc)
+                return {}
+        self._engine_ok(self.semantic_health)
+        timings = {}
+        for (cam, msg, rgb, want, _age), out in zip(frames, outs, strict=True):
+            ts = time.perf_counter()
+            arrays = {k: getattr(out, k) for k in want & ALL_OUTPUTS}
+            self._publish(cam, OUTPUT_TOPICS, arrays, msg.header)
+            te = time.perf_counter()
+            age = self._age_ms(msg)
+            cam.stats.record_frame(
+                total_ms=(te - t0) * 1e3, engine_ms=out.timings_ms["engine"], age_ms=age
+            )
+            timings[cam.name] = {
+                "decode": (t1 - t0) * 1e3,
+                **out.timings_ms,
+                "publish": (te - ts) * 1e3,
+            }
+            pan_want = want & PANOPTIC_OUTPUTS
+            if pan_want and pipeline.panoptic_engine is not None:
+                semantic = out.semantic if self.cfg.fusion.semantic_source == "realtime" else None
+                if self._panoptic_worker is not None:  # async: copy what the next frame overwrites
+                    self._panoptic_worker.offer(
+                        (msg, rgb, None if semantic is None else semantic.copy()), key=cam.name
+                    )
+                elif cam.frame_index % self.cfg.panoptic.every_n == 0:
+                    timings[cam.name].update(
+                        self._process_panoptic(cam, (msg, rgb, semantic), pipeline)
+                    )
+            cam.frame_index += 1
         return timings
 
-    def _process_panoptic(self, item: tuple[Any, Any, Any]) -> dict[str, float]:
+    def _engine_failed(self, health: EngineHealth, cams: list[Camera], exc: Exception) -> None:
+        """Count the failure on every camera of the batch; log once per burst."""
+        for cam in cams:
+            cam.stats.record_error(exc)
+        if health.failed(exc):
+            self.get_logger().error(
+                f"{health.role} engine {health.name} failed on "
+                f"{', '.join(c.label for c in cams)}: {type(exc).__name__}: {exc} "
+                "(further failures are counted, not logged, until a frame succeeds)"
+            )
+
+    def _worker_failed(self, exc: Exception) -> None:
+        """A failure outside the engine call (decoding, publishing): log it, keep serving."""
+        self.get_logger().error(
+            f"frame handling failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
+        )
+
+    def _engine_ok(self, health: EngineHealth) -> None:
+        ended = health.succeeded()
+        if ended:
+            self.get_logger().info(
+                f"{health.role} engine {health.name} recovered after {ended} failed call(s)"
+            )
+
+    def _process_panoptic_items(self, items: dict[Hashable, Any]) -> None:
+        for name, item in items.items():
+            self._process_panoptic(self.cameras[name], item, self.pipeline)
+
+    def _process_panoptic(self, cam: Camera, item: tuple[Any, Any, Any], pipeline) -> dict:
         """ASP model + fusion on one frame; publishes with that frame's header."""
         msg, rgb, semantic = item
-        want = self.wanted_outputs() & PANOPTIC_OUTPUTS
-        if not want:
+        want = cam.wanted_outputs() & PANOPTIC_OUTPUTS
+        if not want or self.panoptic_health is None:
             return {}
         t0 = time.perf_counter()
-        out = self.pipeline.run_panoptic(rgb, semantic, want)
+        try:
+            out = pipeline.run_panoptic(rgb, semantic, want)
+        except Exception as exc:
+            self._engine_failed(self.panoptic_health, [cam], exc)
+            return {}
+        self._engine_ok(self.panoptic_health)
         t1 = time.perf_counter()
         r = out.result
-        self._publish(
-            PANOPTIC_TOPICS,
-            {INSTANCE: r.instance, PANOPTIC: r.panoptic, PANOPTIC_COLOR: out.panoptic_color},
-            msg.header,
-            want,
-        )
-        self.stats.panoptic_frames += 1
+        arrays = {INSTANCE: r.instance, PANOPTIC: r.panoptic, PANOPTIC_COLOR: out.panoptic_color}
+        self._publish(cam, PANOPTIC_TOPICS, arrays, msg.header, want)
+        cam.stats.count("panoptic_frames")
         return {
             **out.timings_ms,
             "panoptic_publish": (time.perf_counter() - t1) * 1e3,
@@ -263,6 +310,7 @@ class SegNode(Node):
 
     def _publish(
         self,
+        cam: Camera,
         topics: dict[str, tuple[str, str]],
         arrays: dict[str, Any],
         header: Any,
@@ -271,28 +319,44 @@ class SegNode(Node):
         for topic, (key, encoding) in topics.items():
             array = arrays.get(key)
             if array is not None and (want is None or key in want):
-                self._pubs[topic].publish(array_to_imgmsg(array, encoding, header=header))
+                cam.pubs[topic].publish(array_to_imgmsg(array, encoding, header=header))
 
     # ----------------------------------------------------------------- diagnostics
-    def _publish_diagnostics(self) -> None:
-        self._diag_pub.publish(
-            build_diagnostics(
-                self.get_clock().now().to_msg(),
-                f"{self.get_fully_qualified_name()}",
-                self.stats,
-                engine_state=self.engine_state,
-                engine_name=self.pipeline.engine.name,
-                input_topic=self.resolve_topic_name(self._input_topic),
+    def publish_diagnostics(self) -> None:
+        """One status per camera and one per engine on /diagnostics."""
+        stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(diagnostic_array(stamp, self.diagnostic_statuses()))
+
+    def diagnostic_statuses(self) -> list:
+        """The statuses of the period since the previous call (one per camera and engine)."""
+        node = self.get_fully_qualified_name()
+        statuses = [
+            camera_status(
+                node,
+                cam.name,
+                cam.stats,
+                thresholds=self.cfg.diagnostics,
+                deadline_ms=self.cfg.max_frame_age_ms,
+                input_topic=self.resolve_topic_name(cam.input_topic),
+                engine_name=self.semantic_health.name,
             )
-        )
+            for cam in self.cameras.values()
+        ]
+        statuses.append(self.semantic_health.status(node))
+        if self.panoptic_health is not None:
+            statuses.append(self.panoptic_health.status(node))
+        return statuses
 
     def shutdown(self) -> None:
-        """Stop the worker threads and release the engines."""
-        self._worker.stop()
+        """Stop the worker threads and release the engines (an engine still inside a call of a
+        worker that did not stop in time is left to the process exit)."""
+        self.reloader.stop()
+        stopped = self._worker.stop(timeout=1.0)
+        if stopped:
+            self.pipeline.engine.close()
         if self._panoptic_worker is not None:
-            self._panoptic_worker.stop()
-        self.pipeline.engine.close()
-        if self.pipeline.panoptic_engine is not None:
+            stopped = self._panoptic_worker.stop(timeout=1.0) and stopped
+        if stopped and self.pipeline.panoptic_engine is not None:
             self.pipeline.panoptic_engine.close()
 
 
@@ -302,8 +366,8 @@ def params_files_from_args(args: list[str]) -> tuple[str, ...]:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``seg_node`` executable."""
-    rclpy.init(args=args)
+    """Entry point of the ``seg_node`` executable. SIGINT and SIGTERM end it with status 0."""
+    rclpy.init(args=args)  # installs the SIGINT and SIGTERM handlers that stop spin()
     node = None
     code = 0
     try:
@@ -316,11 +380,17 @@ def main(args: list[str] | None = None) -> int:
     except (cfgmod.ConfigError, EngineError, FileNotFoundError, ValueError) as exc:
         print(f"[seg_node] cannot start: {exc}", file=sys.stderr)
         code = 2
+    except Exception:
+        # a signal can shut the context down while spin() builds its next wait set (RCLError
+        # "the given context is not valid"): that is a normal stop, anything else is not
+        if rclpy.ok():
+            raise
     finally:
-        # Ctrl-C under `ros2 launch` reaches the node twice (terminal + launch): a second SIGINT
+        # Ctrl-C under `ros2 launch` reaches the node twice (terminal + launch): a second signal
         # must not interrupt the cleanup with a KeyboardInterrupt traceback.
         rclpy.uninstall_signal_handlers()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
             node.shutdown()
             node.destroy_node()

@@ -11,9 +11,11 @@ import itertools
 import os
 from pathlib import Path
 
+from seg_perception.cli_paths import ExistingBag
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", help="rosbag2 folder or .mcap / .db3 file")
+    parser.add_argument("bag", action=ExistingBag, help="rosbag2 folder or .mcap / .db3 file")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
     parser.add_argument("--loop", action="store_true", help="start again at the end (Ctrl-C stops)")
     parser.add_argument(

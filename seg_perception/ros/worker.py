@@ -1,71 +1,91 @@
-"""A one-slot mailbox served by a worker thread: the latest-frame policy of the node."""
+"""One-slot mailboxes served by a worker thread: the node's latest-frame policy, per camera."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 
 class LatestWorker:
-    """Runs ``handler(item)`` in its own thread on the newest item offered.
+    """Runs ``handler(items)`` in its own thread on the newest item of each key (camera).
 
-    ``offer`` never blocks: an item still waiting when a newer one arrives is replaced and
-    ``on_replaced`` is called for it (the node counts it as a dropped frame). Exceptions from the
-    handler go to ``on_error``; the worker keeps serving.
+    Every key has a one-slot mailbox. ``offer`` never blocks: an item still waiting when a newer
+    one of the same key arrives is replaced, and ``on_replaced`` is called for it (the node counts
+    it as a dropped frame). When the thread is free it takes, with ``take="all"``, the waiting item
+    of every key at once (one batch across cameras), or with ``take="one"`` the item of the key
+    served least recently (round robin, for a slow model shared by the cameras). ``handler``
+    receives ``{key: item}``. Exceptions from the handler go to ``on_error``; the worker keeps
+    serving.
     """
 
     def __init__(
         self,
         name: str,
-        handler: Callable[[Any], None],
+        handler: Callable[[dict[Hashable, Any]], Any],
         *,
-        on_replaced: Callable[[Any], None] = lambda _item: None,
+        take: str = "all",
+        on_replaced: Callable[[Hashable, Any], None] = lambda _key, _item: None,
         on_error: Callable[[Exception], None] = lambda _exc: None,
     ) -> None:
+        if take not in ("all", "one"):
+            raise ValueError(f"take must be 'all' or 'one', got {take!r}")
         self._handler = handler
+        self._take = take
         self._on_replaced = on_replaced
         self._on_error = on_error
-        self._item: Any = None
+        self._slots: dict[Hashable, Any] = {}  # insertion order = service order for "one"
         self._cv = threading.Condition()
         self._running = True
         self.busy = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def offer(self, item: Any) -> None:
+    def offer(self, item: Any, key: Hashable = None) -> None:
         with self._cv:
-            if self._item is not None:
-                self._on_replaced(self._item)
-            self._item = item
+            if key in self._slots:
+                self._on_replaced(key, self._slots[key])
+                self._slots[key] = item  # keeps its place in the round robin
+            else:
+                self._slots[key] = item
             self._cv.notify()
 
     @property
     def idle(self) -> bool:
         """Nothing waiting and nothing being processed."""
         with self._cv:
-            return self._item is None and not self.busy
+            return not self._slots and not self.busy
+
+    def _next(self) -> dict[Hashable, Any]:
+        if self._take == "all":
+            items, self._slots = self._slots, {}
+            return items
+        key = next(iter(self._slots))
+        return {key: self._slots.pop(key)}
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while self._item is None and self._running:
+                while not self._slots and self._running:
                     self._cv.wait(0.2)
                 if not self._running:
                     return
-                item, self._item = self._item, None
+                items = self._next()
                 self.busy = True
             try:
-                self._handler(item)
+                self._handler(items)
             except Exception as exc:
                 self._on_error(exc)
             finally:
                 with self._cv:
                     self.busy = False
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread; True when it ended within ``timeout`` (it may be inside a long
+        handler call otherwise: it is a daemon and ends with the process)."""
         with self._cv:
             self._running = False
             self._cv.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        return not self._thread.is_alive()

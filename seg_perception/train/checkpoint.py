@@ -85,7 +85,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(err).__name__}: {err}") from err
+        from seg_perception.networks.export import describe_load_error
+
+        raise CheckpointError(f"cannot read checkpoint {p}: {describe_load_error(err)}") from err
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint")
     return data

@@ -348,7 +348,11 @@ def apply_overrides(doc: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, text = item.split("=", 1)
-        _set_dotted(doc, key.strip(), yaml.safe_load(text), "overrides")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not plain YAML: {exc}") from None
+        _set_dotted(doc, key.strip(), value, "overrides")
     return doc
 
 

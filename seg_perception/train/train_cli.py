@@ -19,11 +19,15 @@ import logging
 import sys
 from pathlib import Path
 
+from seg_perception.cli_paths import ExistingFile, ExistingPath, OutputDir, check_path
+
 DTYPES = ("fp16", "bf16", "fp32")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="training recipe (config/train/*.yaml)")
+    parser.add_argument(
+        "--config", action=ExistingFile, help="training recipe (config/train/*.yaml)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -33,12 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override recipe keys, e.g. optim.lr=0.01 stages.0.length=10 (values are YAML)",
     )
-    parser.add_argument("--out", help="run directory (overrides run.out_dir)")
+    parser.add_argument("--out", action=OutputDir, help="run directory (overrides run.out_dir)")
     parser.add_argument(
         "--resume",
         nargs="?",
         const="",
         default=None,
+        action=ExistingPath,
         metavar="CHECKPOINT",
         help="continue from a checkpoint file or run directory (default: the run's out_dir)",
     )
@@ -71,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if len(exports) > 2:
         print("--export-weights takes OUT or RUN_OR_CHECKPOINT OUT", file=sys.stderr)
         return 2
+    if len(exports) == 2:
+        check_path(exports[0], "path", "--export-weights RUN_OR_CHECKPOINT")
+    if exports:
+        check_path(exports[-1], "output_file", "--export-weights OUT")
     if len(exports) == 2:
         out = export_weights(exports[0], exports[1], dtype=_dtype(args.dtype))
         print(f"weights written to {out}")

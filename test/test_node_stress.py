@@ -1,0 +1,372 @@
+"""seg_node under stress: several cameras, deadlines, engine faults, run-time reload, SIGTERM."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from seg_perception import config as cfgmod
+from seg_perception.labels import CITYSCAPES
+from seg_perception.pipeline import build_pipeline
+from seg_perception.ros.bridge import loopback_env, node_command
+from seg_perception.ros.diagnostics import camera_level
+from seg_perception.ros.image_codec import array_to_imgmsg, imgmsg_to_array
+from seg_perception.ros.node import OUTPUT_QOS, SegNode
+
+SMALL = {
+    "allow_random_weights": True,
+    "weights": "does/not/exist.safetensors",
+    "network_height": 64,
+    "network_width": 128,
+    "warmup_frames": 0,
+    "threads": 1,
+    "panoptic.enabled": False,
+    "engine_cache": os.environ["SEG_TEST_ENGINE_CACHE"],
+}
+
+
+def _params(**extra):
+    return [Parameter(k, value=v) for k, v in {**SMALL, **extra}.items()]
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def _msg(seed, frame_id="cam", stamp=None, height=48, width=80):
+    rgb = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    header = Header(frame_id=frame_id)
+    if stamp is not None:
+        header.stamp.sec, header.stamp.nanosec = stamp
+    return rgb, array_to_imgmsg(rgb, "rgb8", header=header)
+
+
+def _now_stamp(node):
+    ns = node.get_clock().now().nanoseconds
+    return ns // 1_000_000_000, ns % 1_000_000_000
+
+
+class Listener:
+    """Subscribes to topics and spins (with the node under test) in a thread."""
+
+    def __init__(self, topics, nodes=()):
+        self.node = rclpy.create_node("stress_listener")
+        self.got = {t: [] for t in topics}
+        self.cv = threading.Condition()
+        for t in topics:
+            self.node.create_subscription(Image, t, self._keep(t), OUTPUT_QOS)
+        self.executor = MultiThreadedExecutor(num_threads=2)
+        for n in (self.node, *nodes):
+            self.executor.add_node(n)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _keep(self, topic):
+        def cb(msg):
+            with self.cv:
+                self.got[topic].append(msg)
+                self.cv.notify_all()
+
+        return cb
+
+    def wait(self, predicate, timeout=20.0):
+        end = time.monotonic() + timeout
+        with self.cv:
+            while not predicate():
+                if time.monotonic() > end:
+                    return False
+                self.cv.wait(0.1)
+        return True
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def _wait_subscribed(node, camera, n=1, timeout=10.0):
+    end = time.monotonic() + timeout
+    while len(node.wanted_outputs(camera)) < n and time.monotonic() < end:
+        time.sleep(0.05)
+    assert node.wanted_outputs(camera), f"no subscriber seen on camera {camera!r}"
+
+
+def _close(node, *others):
+    for o in others:
+        o.close()
+    node.shutdown()
+    node.destroy_node()
+
+
+def test_parse_cameras():
+    assert cfgmod.parse_cameras("") == ("",)
+    assert cfgmod.parse_cameras("front, left") == ("front", "left")
+    assert cfgmod.parse_cameras("car/front") == ("car/front",)
+    for bad in ("front,front", "front,,left", "1cam", "front/", "a b"):
+        with pytest.raises(ValueError):
+            cfgmod.parse_cameras(bad)
+    with pytest.raises(cfgmod.ConfigError, match="cameras"):
+        cfgmod.load_config(overrides={"cameras": "front,front"})
+
+
+def test_two_cameras_one_engine_call_each_output_with_its_own_header(ros):
+    node = SegNode(parameter_overrides=_params(cameras="front,left"))
+    topics = ["front/segmentation/semantic", "left/segmentation/semantic"]
+    listener = Listener(topics, nodes=(node,))
+    calls = []
+    real_infer = node.pipeline.engine.infer
+    gate = threading.Event()
+
+    def counting_infer(batch):
+        calls.append(batch.shape[0])
+        if len(calls) == 1:
+            gate.wait(10)  # hold the worker so that both cameras' frames wait together
+        return real_infer(batch)
+
+    node.pipeline.engine.infer = counting_infer
+    pub_front = listener.node.create_publisher(Image, "front/image", 10)
+    pub_left = listener.node.create_publisher(Image, "left/image", 10)
+    try:
+        _wait_subscribed(node, "front")
+        _wait_subscribed(node, "left")
+        for pub in (pub_front, pub_left):
+            end = time.monotonic() + 10
+            while pub.get_subscription_count() == 0 and time.monotonic() < end:
+                time.sleep(0.05)
+        pub_front.publish(_msg(0, "front_optical", (1, 0))[1])  # blocks the worker
+        end = time.monotonic() + 10
+        while not calls and time.monotonic() < end:
+            time.sleep(0.02)
+        rgb_f, msg_f = _msg(1, "front_optical", (2, 0), height=40, width=72)
+        rgb_l, msg_l = _msg(2, "left_optical", (3, 0))
+        pub_front.publish(msg_f)
+        pub_left.publish(msg_l)
+        end = time.monotonic() + 10
+        while (
+            node.cameras["front"].stats.received < 2 or node.cameras["left"].stats.received < 1
+        ) and time.monotonic() < end:
+            time.sleep(0.02)
+        gate.set()
+        assert listener.wait(
+            lambda: len(listener.got[topics[0]]) >= 2 and len(listener.got[topics[1]]) >= 1
+        )
+        assert calls == [1, 2]  # the two cameras' frames went through one engine call
+        assert node.pipeline.engine_calls == 2
+        front, left = listener.got[topics[0]][-1], listener.got[topics[1]][-1]
+        assert (front.header.frame_id, front.header.stamp.sec) == ("front_optical", 2)
+        assert (left.header.frame_id, left.header.stamp.sec) == ("left_optical", 3)
+        assert (front.height, front.width) == rgb_f.shape[:2]
+        assert (left.height, left.width) == rgb_l.shape[:2]
+        # batched == one at a time
+        single = node.pipeline.run(rgb_l).semantic
+        assert np.array_equal(imgmsg_to_array(left), single)
+        statuses = node.diagnostic_statuses()
+        cams = {s.name.rsplit(" ", 1)[-1]: s for s in statuses if ": camera " in s.name}
+        assert set(cams) == {"front", "left"}
+        values = {k.key: k.value for k in cams["front"].values}
+        assert values["frames_processed"] == "2" and values["camera"] == "front"
+    finally:
+        gate.set()
+        _close(node, listener)
+
+
+def test_frames_older_than_the_deadline_are_dropped_and_counted(ros):
+    node = SegNode(parameter_overrides=_params(max_frame_age_ms=200.0))
+    listener = Listener(["segmentation/semantic"], nodes=(node,))
+    try:
+        _wait_subscribed(node, None)
+        sec, nsec = _now_stamp(node)
+        assert node.process_message(_msg(0, stamp=(sec - 5, nsec))[1]) is None  # 5 s old
+        assert node.stats.dropped_deadline == 1 and node.stats.processed == 0
+        assert node.process_message(_msg(1, stamp=_now_stamp(node))[1]) is not None
+        assert node.stats.dropped_deadline == 1 and node.stats.processed == 1
+        assert node.process_message(_msg(2)[1]) is not None  # no stamp: no age to judge
+        assert listener.wait(lambda: len(listener.got["segmentation/semantic"]) == 2)
+        status = next(s for s in node.diagnostic_statuses() if ": camera " in s.name)
+        values = {k.key: k.value for k in status.values}
+        assert values["dropped_deadline"] == "1"
+    finally:
+        _close(node, listener)
+
+
+def test_engine_failing_every_third_frame(ros):
+    node = SegNode(parameter_overrides=_params())
+    listener = Listener(["segmentation/semantic"], nodes=(node,))
+    real_infer = node.pipeline.engine.infer
+    count = [0]
+
+    def flaky(batch):
+        count[0] += 1
+        if count[0] % 3 == 0:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_infer(batch)
+
+    node.pipeline.engine.infer = flaky
+    try:
+        _wait_subscribed(node, None)
+        node.diagnostic_statuses()  # start a fresh period
+        levels, engine_levels, answered = [], [], []
+        for i in range(1, 7):
+            answered.append(node.process_message(_msg(i, stamp=(i, 0))[1]) is not None)
+            statuses = node.diagnostic_statuses()
+            levels.append(next(s.level for s in statuses if ": camera " in s.name))
+            engine_levels.append(next(s.level for s in statuses if "semantic engine" in s.name))
+        ok, err = DiagnosticStatus.OK, DiagnosticStatus.ERROR
+        assert answered == [True, True, False, True, True, False]
+        assert levels == [ok, ok, err, ok, ok, err]
+        assert engine_levels == [ok, ok, err, ok, ok, err]
+        assert node.stats.engine_errors == 2 and node.stats.processed == 4
+        assert "illegal memory access" in node.stats.last_error
+        assert listener.wait(lambda: len(listener.got["segmentation/semantic"]) == 4)
+        stamps = [m.header.stamp.sec for m in listener.got["segmentation/semantic"]]
+        assert stamps == [1, 2, 4, 5]
+    finally:
+        _close(node, listener)
+
+
+def test_camera_levels_from_thresholds():
+    th = cfgmod.load_config().diagnostics
+    base = dict(
+        seconds=1.0,
+        received=10,
+        processed=10,
+        dropped_stale=0,
+        dropped_deadline=0,
+        bad=0,
+        engine_errors=0,
+        skipped_no_subscribers=0,
+    )
+    assert camera_level(base, thresholds=th)[0] == DiagnosticStatus.OK
+    assert camera_level({**base, "engine_errors": 1}, thresholds=th)[0] == DiagnosticStatus.ERROR
+    half = {**base, "processed": 4, "dropped_stale": 6}
+    assert camera_level(half, thresholds=th)[0] == DiagnosticStatus.WARN
+    assert camera_level({**base, "processed": 0, "dropped_stale": 10}, thresholds=th)[0] == (
+        DiagnosticStatus.ERROR
+    )
+    level, message = camera_level({**base, "bad": 1, "processed": 9}, thresholds=th)
+    assert level == DiagnosticStatus.WARN and "bad" in message
+    level, message = camera_level(base, thresholds=th, age_p95_ms=300.0, deadline_ms=100.0)
+    assert level == DiagnosticStatus.WARN and "deadline" in message
+    slow = cfgmod.load_config(overrides={"diagnostics.expected_rate_hz": 30.0}).diagnostics
+    level, message = camera_level(base, thresholds=slow)
+    assert level == DiagnosticStatus.WARN and "Hz" in message
+
+
+def test_reload_switches_model_and_refuses_missing_weights(ros, tmp_path):
+    node = SegNode(parameter_overrides=_params())
+    listener = Listener(["segmentation/semantic"], nodes=(node,))
+    try:
+        _wait_subscribed(node, None)
+        rgb, msg = _msg(5, stamp=(1, 0))
+        node.process_message(msg)
+        old_name = node.pipeline.engine.name
+        result = node.set_parameters([Parameter("model", value="shelfnet")])[0]
+        assert result.successful, result.reason
+        while node.reloader.busy:
+            node.process_message(msg)  # the old engine serves during the build
+            time.sleep(0.05)
+        assert node.reloader.reloads == 1 and node.cfg.model == "shelfnet"
+        assert node.pipeline.engine.name != old_name and "shelfnet" in node.pipeline.engine.name
+        node.process_message(msg)
+        assert listener.wait(lambda: listener.got["segmentation/semantic"])
+        expected_cfg = cfgmod.load_config(overrides={**SMALL, "model": "shelfnet"})
+        reference = build_pipeline(expected_cfg, CITYSCAPES)
+        try:
+            want = reference.run(rgb).semantic
+        finally:
+            reference.engine.close()
+        assert listener.wait(
+            lambda: np.array_equal(imgmsg_to_array(listener.got["segmentation/semantic"][-1]), want)
+        ), "outputs did not switch to the new model"
+
+        # a missing weights file is refused at once, the engine stays
+        current = node.pipeline.engine
+        result = node.set_parameters_atomically(
+            [
+                Parameter("allow_random_weights", value=False),
+                Parameter("weights", value=str(tmp_path / "missing.safetensors")),
+            ]
+        )
+        assert not result.successful and "missing.safetensors" in result.reason
+        assert not node.reloader.busy and node.pipeline.engine is current
+        assert node.get_parameter("allow_random_weights").value is True
+
+        # a corrupt file passes the check but fails the build: old engine kept, reported
+        bad = tmp_path / "corrupt.safetensors"
+        bad.write_bytes(b"\x00garbage" * 10)
+        result = node.set_parameters_atomically(
+            [
+                Parameter("allow_random_weights", value=False),
+                Parameter("weights", value=str(bad)),
+            ]
+        )
+        assert result.successful, result.reason
+        end = time.monotonic() + 60
+        while node.reloader.busy and time.monotonic() < end:
+            time.sleep(0.05)
+        assert node.pipeline.engine is current
+        assert node.semantic_health.reload_error and "corrupt" in node.semantic_health.reload_error
+        assert node.get_parameter("weights").value == SMALL["weights"]  # put back
+        assert node.get_parameter("allow_random_weights").value is True
+        engine = next(s for s in node.diagnostic_statuses() if "semantic engine" in s.name)
+        assert engine.level == DiagnosticStatus.WARN and "reload failed" in engine.message
+        assert node.process_message(msg) is not None  # still serving
+
+        # parameters that need a restart are read-only
+        result = node.set_parameters([Parameter("cameras", value="a,b")])[0]
+        assert not result.successful
+    finally:
+        _close(node, listener)
+
+
+def test_sigterm_during_processing_exits_cleanly(ros, tmp_path):
+    params = tmp_path / "p.yaml"
+    lines = [f"    {k}: {v!r}" if isinstance(v, str) else f"    {k}: {v}" for k, v in SMALL.items()]
+    lines = [ln.replace("True", "true").replace("False", "false") for ln in lines]
+    params.write_text("/**/seg_node:\n  ros__parameters:\n" + "\n".join(lines) + "\n")
+    proc = subprocess.Popen(
+        node_command(params),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=loopback_env(),
+        text=True,
+    )
+    feeder = rclpy.create_node("sigterm_feeder")
+    got = []
+    feeder.create_subscription(Image, "segmentation/semantic", got.append, OUTPUT_QOS)
+    pub = feeder.create_publisher(Image, "image", 10)
+    try:
+        end = time.monotonic() + 90
+        i = 0
+        while not got and time.monotonic() < end and proc.poll() is None:
+            pub.publish(_msg(i, height=240, width=320)[1])
+            rclpy.spin_once(feeder, timeout_sec=0.05)
+            i += 1
+        assert got, "the node never answered"
+        for _ in range(5):  # keep it busy
+            pub.publish(_msg(i, height=240, width=320)[1])
+            rclpy.spin_once(feeder, timeout_sec=0.01)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+        output = proc.stdout.read()
+        assert code == 0, output
+        assert elapsed < 2.0, f"SIGTERM took {elapsed:.1f} s"
+        assert "Traceback" not in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        feeder.destroy_node()
