@@ -37,7 +37,8 @@ __all__ = [
 
 CACHE_ENV = "SEG_PERCEPTION_CACHE_DIR"
 #: bump when the export code changes in a way that changes the ONNX graph for the same inputs.
-EXPORT_FORMAT = 1
+#: 2: GUN's fusion sum as Add, its /4 input pooled from /2, the GUM grid scaled plane-wise.
+EXPORT_FORMAT = 2
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 

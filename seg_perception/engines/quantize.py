@@ -5,7 +5,8 @@ x86 CPUs with VNNI ("Use activation_type=QuantType.QUInt8 and weight_type=QuantT
 reduce_range=False", ``quantize_static`` docstring); this CPU has AVX512-VNNI. ORT fuses the
 DQ -> Conv -> Q patterns into integer convolutions at session start.
 
-Kept fp32 (:func:`excluded_nodes`), both < 1 % of the FLOPs:
+Kept fp32 (:func:`excluded_nodes`): head and stem (< 1 % of the FLOPs), narrow first convolutions
+(GUN: 4 %):
 
 * the head: the last convolutions (classifier; GUN's guidance-offset head) and every op after
   them (upsampling, GUN's sampling grid, softmax, arg max) -- the nodes with no convolution
@@ -16,6 +17,13 @@ Kept fp32 (:func:`excluded_nodes`), both < 1 % of the FLOPs:
   convolution upstream. Their quantised forms (QLinearMul/Add/AveragePool on the full-resolution
   image) cost more than the fp32 ops (measured: ~80 ms vs ~15 ms per 512x1024 frame on 2 cores);
   the first convolution's input is quantised once instead.
+* narrow first convolutions: a convolution reading the stem (3 input channels) with fewer than
+  :data:`NARROW_OUT_CHANNELS` outputs. ORT's integer convolution unfolds its input (im2col, 147
+  bytes per pixel for a 7x7 kernel), which few output channels do not amortise:
+  GUN's DRN layer0 (7x7, 3 -> 16 at 256x512) takes 6.3 ms as QLinearConv vs 1.9 ms as the fp32
+  blocked (NCHWc) convolution + 0.8 ms to reorder and quantise its output (512x1024 frame, 2
+  threads). ShelfNet-18's stem (7x7, 3 -> 64, stride 2) is faster quantised (the whole int8
+  model: 155 ms vs 170 ms with that convolution fp32) and stays int8.
 """
 
 from __future__ import annotations
@@ -31,11 +39,23 @@ import numpy as np
 
 from seg_perception.atomic import atomic_path
 
-__all__ = ["CALIBRATION_METHODS", "excluded_nodes", "quantization_settings", "quantize_int8"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "NARROW_OUT_CHANNELS",
+    "REVISION",
+    "excluded_nodes",
+    "quantization_settings",
+    "quantize_int8",
+]
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+#: a first convolution with fewer output channels than this stays fp32 (module docstring).
+NARROW_OUT_CHANNELS = 32
+#: bump when the quantiser's graph changes for the same settings (part of the int8 cache key).
+#: 2: narrow first convolutions fp32, with private copies of their initializers.
+REVISION = 2
 _HEAD_OPS = {"ArgMax", "Softmax", "ReduceMax", "TopK"}
 _COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
@@ -54,6 +74,8 @@ def quantization_settings(*, per_channel: bool, method: str) -> dict[str, Any]:
         "weights": "int8",
         "method": method,
         "stem_head_fp32": True,
+        "first_conv_fp32_below": NARROW_OUT_CHANNELS,
+        "revision": REVISION,
     }
 
 
@@ -75,12 +97,20 @@ def _reaches_compute(nodes: list[Any], links: dict[str, list[Any]], ports: str) 
     return memo
 
 
+def _out_channels(node: Any, shapes: dict[str, list[int]]) -> int | None:
+    """Output channels of a Conv from its weight initializer (``None`` if not an initializer)."""
+    dims = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    return int(dims[0]) if dims else None
+
+
 def excluded_nodes(model: Any) -> tuple[list[str], list[str]]:
     """``(stem, head)``: the nodes kept fp32 (see the module docstring).
 
     ``head``: nodes with no compute node (Conv/MatMul/Gemm) downstream -- the last compute layers
     (classifier, GUN's guidance-offset head) and everything after them. ``stem``: non-compute
-    nodes with no compute node upstream -- the input normalisation and GUN's input pooling.
+    nodes with no compute node upstream -- the input normalisation and GUN's input pooling --
+    and the convolutions reading them (or the graph input) with fewer than
+    :data:`NARROW_OUT_CHANNELS` output channels.
     """
     nodes = list(model.graph.node)
     consumers: dict[str, list[Any]] = {}
@@ -93,8 +123,19 @@ def excluded_nodes(model: Any) -> tuple[list[str], list[str]]:
     feeds = _reaches_compute(nodes, consumers, "output")
     fed = _reaches_compute(nodes, producers, "input")
     head = sorted(n.name for n in nodes if not feeds[n.name])
-    stem = sorted(n.name for n in nodes if n.op_type not in _COMPUTE_OPS and not fed[n.name])
-    return stem, head
+    stem = {n.name for n in nodes if n.op_type not in _COMPUTE_OPS and not fed[n.name]}
+    from_stem = {t for n in nodes if n.name in stem for t in n.output}
+    from_stem.update(i.name for i in model.graph.input)
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    narrow = {
+        n.name
+        for n in nodes
+        if n.op_type == "Conv"
+        and n.input[0] in from_stem
+        and (_out_channels(n, shapes) or NARROW_OUT_CHANNELS) < NARROW_OUT_CHANNELS
+        and n.name not in head
+    }
+    return sorted(stem | narrow), head
 
 
 class _Reader:
@@ -116,6 +157,31 @@ class _Reader:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def _unshare_initializers(model: Any, keep_fp32: set[str]) -> None:
+    """Give every fp32-kept node private copies of the initializers it shares with quantised
+    nodes (in place). The exporter merges equal constants (e.g. the zero biases of freshly
+    initialised BN-folded convolutions); the quantiser would replace such a shared constant by a
+    DequantizeLinear output, and ORT fuses a convolution into its blocked (NCHWc) kernel only
+    when its weight and bias are constants (measured: DRN layer0 4.1 ms vs 2.6 ms)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    users: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            if t in inits:
+                users.setdefault(t, set()).add(node.name)
+    copies: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.name not in keep_fp32:
+            continue
+        for i, t in enumerate(node.input):
+            if t in inits and users[t] - keep_fp32:
+                if t not in copies:
+                    copy = model.graph.initializer.add()
+                    copy.CopyFrom(inits[t])
+                    copy.name = copies[t] = f"{t}_fp32"
+                node.input[i] = copies[t]
 
 
 def _ensure_node_names(model: Any) -> None:
@@ -169,9 +235,10 @@ def quantize_int8(
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
         _ensure_node_names(model)
-        onnx.save(model, str(pre))
         stem, head = excluded_nodes(model)
         exclude = stem + head
+        _unshare_initializers(model, set(exclude))
+        onnx.save(model, str(pre))
         with atomic_path(dst) as out:
             quantize_static(
                 str(pre),

@@ -115,8 +115,11 @@ class FusionModule(nn.Module):
             parts.append(m)
         if self.merge == "concat":
             merged = torch.cat(parts, dim=1)
-        else:
-            merged = torch.relu(torch.stack(parts).sum(0))
+        else:  # chained adds: the sum of torch.stack(parts).sum(0) without the stacked copy
+            merged = parts[0]
+            for part in parts[1:]:
+                merged = merged + part
+            merged = torch.relu(merged)
         return self.post(merged)
 
 
@@ -230,25 +233,35 @@ class GUN(nn.Module):
         weights are shared, else its own truncated copy."""
         return self.medium_trunk if self.medium_trunk is not None else self.trunk
 
-    @staticmethod
-    def _downsample(x: Tensor, factor: int) -> Tensor:
-        # Input subsampling by area averaging (factor x factor mean, i.e. anti-aliased).
-        return x if factor == 1 else F.avg_pool2d(x, factor, factor)
+    def _pyramid(self, x: Tensor) -> dict[int, Tensor]:
+        """The input subsampled by every branch factor: ``{factor: (N, 3, H/f, W/f)}``.
+
+        Area averaging (``f x f`` mean, i.e. anti-aliased). A level is pooled from the finest
+        level whose factor divides its own (/4 = the 2x2 mean of /2): the same means up to float
+        rounding (floor sizes compose too), reading a quarter of the pixels.
+        """
+        levels = {1: x}
+        for factor in sorted({self.low_factor, *self.medium_factors}):
+            src = max(f for f in levels if factor % f == 0)
+            k = factor // src
+            levels[factor] = levels[src] if k == 1 else F.avg_pool2d(levels[src], k, k)
+        return levels
 
     def forward_parts(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """-> (low-res logits ``(N, K, h, w)``, offset table ``(N, 2, H, W)`` or None)."""
         size = (int(x.shape[-2]), int(x.shape[-1]))
         mediums: list[Tensor] = []
         high_res: Tensor | None = None
+        inputs = self._pyramid(x)
         for b, factor in enumerate(self.medium_factors, start=1):  # coarse -> fine
             select_branch(self._branch_norms, b)
             taps = self.medium_encoder().forward_taps(
-                self._downsample(x, factor), stop_after=_MEDIUM_STAGE, taps=(_HIGH_RES_STAGE,)
+                inputs[factor], stop_after=_MEDIUM_STAGE, taps=(_HIGH_RES_STAGE,)
             )
             mediums.append(taps[_MEDIUM_STAGE])
             high_res = taps[_HIGH_RES_STAGE]
         select_branch(self._branch_norms, 0)
-        low_in = self._downsample(x, self.low_factor)
+        low_in = inputs[self.low_factor]
         if high_res is None:  # single-branch encoders: high-res tap of the only branch
             taps = self.trunk.forward_taps(
                 low_in, stop_after=self.trunk.stage_names[-1], taps=(_HIGH_RES_STAGE,)
