@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from seg_perception.config import SegConfig
-from seg_perception.engines.base import Engine, OutputBuffers
+from seg_perception.engines.base import Engine, OutputBuffers, byte_array_backed
 from seg_perception.fusion import fuse
 from seg_perception.labels import LabelTable
 from seg_perception.panoptic import (
@@ -120,7 +120,8 @@ class Pipeline:
         self.panoptic_engine = panoptic_engine
         self.panoptic = panoptic or PanopticSettings()
         self._clock = clock
-        self._buf = OutputBuffers()
+        # the images the node publishes live in array.array memory: no copy into the message
+        self._buf = OutputBuffers(byte_array_backed)
         self._pan_buf = OutputBuffers()  # separate: the panoptic path may run in its own thread
         self.engine_calls = 0  # calls of the real-time engine (one per batch of frames)
 

@@ -7,6 +7,8 @@ description), :class:`OutputBuffers` (host arrays reused across calls) and
 
 from __future__ import annotations
 
+import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +22,7 @@ __all__ = [
     "OutputBuffers",
     "TensorSpec",
     "WarmupMixin",
+    "byte_array_backed",
     "check_images",
 ]
 
@@ -88,17 +91,32 @@ class WarmupMixin:
             self.infer(dummy)
 
 
-class OutputBuffers:
-    """Host arrays keyed by name, reallocated only when the shape or dtype changes."""
+def byte_array_backed(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose memory is an ``array.array('B')`` (its ``.base``): what
+    rclpy stores in a message's ``uint8[]`` field, so an image can be published from it
+    without another copy (see ``ros.image_codec.array_to_imgmsg``)."""
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    store = array.array("B", bytes(n))
+    return np.frombuffer(store, dtype=dtype).reshape(shape)
 
-    def __init__(self) -> None:
+
+class OutputBuffers:
+    """Host arrays keyed by name, reallocated only when the shape or dtype changes.
+
+    ``allocate(shape, dtype)`` makes a new buffer (default ``np.empty``; the pipeline uses
+    :func:`byte_array_backed` for the images the node publishes)."""
+
+    def __init__(
+        self, allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None
+    ) -> None:
         self._bufs: dict[str, np.ndarray] = {}
+        self._allocate = allocate or (lambda shape, dtype: np.empty(shape, dtype=dtype))
 
     def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         dt = np.dtype(dtype)
         buf = self._bufs.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dt:
-            buf = self._bufs[name] = np.empty(tuple(shape), dtype=dt)
+            buf = self._bufs[name] = self._allocate(tuple(shape), dt)
         return buf
 
     def store(self, name: str, value: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -151,4 +152,7 @@ def play_messages(
         count += 1
         if on_publish is not None:
             on_publish(topic, time.time_ns(), raw)
+    if qos.reliability == ReliabilityPolicy.RELIABLE:
+        for pub in pubs.values():  # a process that exits right away must not lose the tail
+            pub.wait_for_all_acked(Duration(seconds=5))
     return count

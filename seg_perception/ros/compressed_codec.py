@@ -125,7 +125,7 @@ def encode_compressed(
             reason="encode_failed",
         )
     _, CompressedImage = _msg_types()
-    msg = CompressedImage()
+    msg = CompressedImage(check_fields=True)  # keeps our array.array (no copy)
     if header is not None:
         msg.header = header
     msg.format = f"{'mono8' if mono else 'rgb8'}; {kind} compressed {target}"

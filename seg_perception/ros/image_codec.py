@@ -237,8 +237,23 @@ def _msg_types() -> tuple[type, type]:
 
 
 def _u8_array(buf: np.ndarray) -> array.array:
-    """One copy of a C-contiguous array into the ``array.array('B')`` rclpy stores (the fast
-    path of its ``data`` setter; a sequence would be checked element by element)."""
+    """The ``array.array('B')`` rclpy stores (a message made with ``check_fields=True`` keeps
+    it as is; without, the setter copies it once more): the array's own memory when it is a whole
+    C-contiguous view of one (``engines.base.byte_array_backed``: the message shares it until
+    it is published and dropped), else one copy."""
+    base = buf.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if (
+        isinstance(base, array.array)
+        and base.typecode == "B"
+        and buf.flags.c_contiguous
+        and buf.nbytes == len(base)
+        and buf.__array_interface__["data"][0] == base.buffer_info()[0]
+    ):
+        return base
     out = array.array("B")
     out.frombytes(buf.reshape(-1).view(np.uint8).data)
     return out
@@ -285,7 +300,7 @@ def array_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header: Any 
     if _BRIDGE is not None and encoding not in _ALIASES:
         return _BRIDGE.cv2_to_imgmsg(arr, encoding, header)
     Image, _ = _msg_types()
-    msg = Image()
+    msg = Image(check_fields=True)  # its data setter then keeps our array.array (no copy)
     if header is not None:
         msg.header = header
     msg.height, msg.width, msg.encoding = int(arr.shape[0]), int(arr.shape[1]), encoding
