@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from asp_targets import check_inference_outputs, two_object_targets
 from torch import nn
 
 from seg_perception.labels import CITYSCAPES
@@ -81,19 +82,7 @@ def train_step(model: PanopticASP) -> dict:
     l4_bn = model.detector.backbone.body.layer4[0].bn3
     weight_before = l4_bn.weight.detach().clone()
     images = [_image(1), _image(2, H // 2, W // 2)]
-    targets = []
-    for h, w in ((H, W), (H // 2, W // 2)):
-        masks = torch.zeros(2, h, w, dtype=torch.uint8)
-        masks[0, h // 8 : h // 2, w // 8 : w // 2] = 1
-        masks[1, h // 2 : h - 2, w // 2 : w - 2] = 1
-        boxes = torch.tensor(
-            [[w // 8, h // 8, w // 2, h // 2], [w // 2, h // 2, w - 2, h - 2]], dtype=torch.float32
-        )
-        semantic = torch.randint(0, 19, (h, w), generator=torch.Generator().manual_seed(h))
-        semantic[: h // 4] = 255
-        targets.append(
-            {"boxes": boxes, "labels": torch.tensor([11, 13]), "masks": masks, "semantic": semantic}
-        )
+    targets = two_object_targets([(H, W), (H // 2, W // 2)])
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     model.zero_grad()
@@ -182,22 +171,7 @@ def test_inference_outputs(model: PanopticASP) -> None:
     images = [_image(3), _image(4, 100, 180)]
     with torch.no_grad():
         out = model(images)
-    assert len(out) == 2
-    for img, res in zip(images, out, strict=True):
-        h, w = img.shape[-2:]
-        assert set(res) == {"boxes", "labels", "scores", "masks", "semantic"}
-        k = res["boxes"].shape[0]
-        assert 0 < k <= SMALL["box_detections_per_img"]
-        assert res["boxes"].shape == (k, 4) and res["boxes"].dtype == torch.float32
-        assert (res["boxes"][:, 2] <= w).all() and (res["boxes"][:, 3] <= h).all()
-        assert (res["boxes"] >= 0).all()
-        assert res["labels"].shape == (k,) and res["labels"].dtype == torch.int64
-        assert set(res["labels"].tolist()) <= THINGS
-        assert res["scores"].shape == (k,) and (res["scores"][:-1] >= res["scores"][1:]).all()
-        assert res["masks"].shape == (k, h, w) and res["masks"].dtype == torch.float32
-        assert res["masks"].min() >= 0 and res["masks"].max() <= 1
-        assert res["semantic"].shape == (h, w) and res["semantic"].dtype == torch.int64
-        assert res["semantic"].min() >= 0 and res["semantic"].max() < 19
+    check_inference_outputs(images, out, max_k=SMALL["box_detections_per_img"], things=THINGS)
 
 
 def test_semantic_logits_switch(model: PanopticASP) -> None:

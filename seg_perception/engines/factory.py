@@ -95,7 +95,13 @@ def _export_module(
     weights: Path | None,
     switches: Mapping[str, Any],
 ) -> Any:
-    """Build ``model`` with its weights and wrap it in its export form."""
+    """Build ``model`` with its weights and wrap it in its export form.
+
+    ``build_model(..., weights=file)`` applies the builder switches stored in the file's
+    metadata (``networks.export.stored_switches``) under ``switches``, so the weights of a
+    narrow net (e.g. GUN ``width=0.5``) build that net; a file without metadata builds the
+    default net. The cache key needs no change: it holds the file's content hash.
+    """
     import torch
 
     from seg_perception.networks import build_model

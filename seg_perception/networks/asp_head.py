@@ -1,7 +1,8 @@
 """Semantic segmentation head of the panoptic ASP model (fusion-scheme paper, Sec. III-B).
 
 The head sits on the four FPN levels of the Mask R-CNN backbone (torchvision keys ``'0'..'3'``,
-strides 4, 8, 16, 32, 256 channels each):
+strides 4, 8, 16, 32, 256 channels each in the paper's model,
+``fpn_channels`` in the CPU variants):
 
 * ``head="asp"`` (the paper's model): an Atrous Spatial Pyramid at 1/32 and 1/16, two 3x3 convs
   at 1/8 and 1/4, each level giving 128 maps; a refinement pyramid adds every level, upsampled

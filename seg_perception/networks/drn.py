@@ -19,6 +19,10 @@ stage         content                                  channels  stride/dilation
 ``layer0..layer2`` are the plain-convolution "degridding" stem of type D and ``layer7/8`` the
 residual-free degridding tail. The ImageNet classifier (pool + fc) is not part of this module.
 
+``width`` scales every channel count above (``resnet.scale_channels``: multiples of 8, min 8);
+this is our reduction to fit the CPU and the shipped-weights budget, not the DRN or GUN papers'.
+Width 1 is the paper's network, key for key.
+
 State-dict keys follow the layout of the authors' release (``layer0.0.weight``,
 ``layer3.0.conv1.weight``, ``layer3.0.downsample.0.weight``, ...), so a DRN-D-22 ImageNet
 checkpoint converted to ``.safetensors``/``.pt`` loads with its ``fc.*`` keys dropped.
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 
 from seg_perception.networks.export import load_weights
 from seg_perception.networks.layers import ConvBNReLU
+from seg_perception.networks.resnet import scale_channels
 
 __all__ = ["DRN", "DRN_STAGES", "BasicBlock", "build_drn_d22", "init_conv_bn"]
 
@@ -102,19 +107,23 @@ class DRN(nn.Module):
     """DRN-D-22 trunk, optionally truncated after ``last_stage``.
 
     ``forward(x)``: ``(N, 3, H, W) -> (N, C, ceil(H/8), ceil(W/8))`` with ``C`` the channels of
-    ``last_stage`` (512 for the full network). A truncated trunk (e.g. ``last_stage="layer4"``,
-    used by the medium-resolution branch of GUN when it does not share weights) only owns the
-    stages it runs.
+    ``last_stage`` (512 for the full network, ``scale_channels(512, width)`` for a narrow one).
+    A truncated trunk (e.g. ``last_stage="layer4"``, used by the medium-resolution branch of GUN
+    when it does not share weights) only owns the stages it runs.
     """
 
-    def __init__(self, *, last_stage: str = "layer8") -> None:
+    def __init__(self, *, last_stage: str = "layer8", width: float = 1.0) -> None:
         super().__init__()
         if last_stage not in DRN_STAGES:
             raise ValueError(
                 f"DRN: unknown last_stage {last_stage!r}; valid: {', '.join(DRN_STAGES)}"
             )
+        if not 0.0 < width <= 1.0:
+            raise ValueError(f"DRN: width must be in (0, 1], got {width!r}")
         self.stage_names: tuple[str, ...] = DRN_STAGES[: DRN_STAGES.index(last_stage) + 1]
-        ch = DRN_D22_CHANNELS
+        self.width = width
+        self.stage_channels = {k: scale_channels(c, width) for k, c in DRN_D22_CHANNELS.items()}
+        ch = self.stage_channels
         builders = {
             "layer0": lambda: ConvBNReLU(3, ch["layer0"], 7),
             "layer1": lambda: ConvBNReLU(ch["layer0"], ch["layer1"], 3),
@@ -133,7 +142,7 @@ class DRN(nn.Module):
 
     def channels(self, stage: str) -> int:
         """Output channels of ``stage``."""
-        return DRN_D22_CHANNELS[self._check_stage(stage)]
+        return self.stage_channels[self._check_stage(stage)]
 
     def _check_stage(self, stage: str) -> str:
         if stage not in self.stage_names:
@@ -180,13 +189,16 @@ def init_conv_bn(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_drn_d22(*, weights: str | None = None, last_stage: str = "layer8") -> DRN:
-    """DRN-D-22 trunk; ``weights``: optional ``.safetensors`` / ``.pt`` state dict path.
+def build_drn_d22(
+    *, weights: str | None = None, last_stage: str = "layer8", width: float = 1.0
+) -> DRN:
+    """DRN-D-22 trunk; ``weights``: optional ``.safetensors`` / ``.pt`` state dict path;
+    ``width``: channel multiplier in ``(0, 1]`` (see the module docstring).
 
     Keys of the file that this (possibly truncated) trunk does not own, e.g. the ImageNet
     ``fc.*`` or ``layer5..8`` for ``last_stage="layer4"``, are ignored; missing keys are errors.
     """
-    model = DRN(last_stage=last_stage)
+    model = DRN(last_stage=last_stage, width=width)
     if weights is not None:
         load_weights(model, weights, ignore_unexpected=True)
     return model

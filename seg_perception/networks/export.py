@@ -8,17 +8,23 @@ to the host. ``export_logits=True`` gives a ``logits`` graph for accuracy checks
 ONNX exporter: torch 2.14's default ``dynamo=True`` exporter needs the ``onnxscript`` package,
 which this environment does not ship; the TorchScript exporter (``dynamo=False``) exports
 ``grid_sample`` as ``GridSample`` (opset >= 16) and is used here.
+
+Weights files written by ``train.checkpoint.export_weights`` carry the network's name and builder
+switches in their safetensors metadata (:data:`META_MODEL`, :data:`META_SWITCHES`, a JSON object);
+:func:`stored_switches` reads them back so that ``build_model(name, weights=path)`` builds the
+network the file was trained as (e.g. a narrow ``width=0.5`` GUN).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,16 +32,24 @@ from torch import Tensor, nn
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "META_MODEL",
+    "META_SWITCHES",
     "SemanticExport",
     "describe_load_error",
     "export_onnx",
     "load_weights",
     "read_state_dict",
+    "read_weights_metadata",
+    "stored_switches",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LAYOUTS = ("nhwc", "nchw")
+#: safetensors metadata keys (str -> str) of an exported weights file
+META_MODEL = "seg_perception.model"
+META_SWITCHES = "seg_perception.switches"
+_LEGACY_META = {META_MODEL: "model", META_SWITCHES: "switches"}  # before the prefix
 _IdsFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
@@ -204,6 +218,55 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return sd
+
+
+def read_weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``str -> str`` header metadata of a ``.safetensors`` file; ``{}`` for ``.pt``/``.pth``
+    or a file without metadata. Unreadable files are a ValueError naming the file."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        return {}
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:  # reads the JSON header only
+            meta = f.metadata()
+    except Exception as e:  # not a safetensors file (e.g. a pickle with this suffix)
+        raise ValueError(f"cannot read weights file {p}: {describe_load_error(e)}") from e
+    return dict(meta or {})
+
+
+def stored_switches(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
+    """``(model name or None, builder switches)`` stored in a weights file's metadata.
+
+    ``(None, {})`` for a file without metadata (it builds the default network, as before).
+    Switches naming weight files (``weights``, ``backbone_weights``, ...) are training-time
+    inputs, not architecture, and are left out. Malformed metadata is a ValueError naming the
+    file and the key.
+    """
+    meta = read_weights_metadata(path)
+
+    def get(key: str) -> str | None:
+        return meta.get(key, meta.get(_LEGACY_META[key]))
+
+    model = get(META_MODEL) or None
+    raw = get(META_SWITCHES)
+    if raw is None:
+        return model, {}
+    try:
+        switches = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"weights file {path}: metadata {META_SWITCHES!r} is not JSON ({e}): {raw[:200]!r}"
+        ) from None
+    if not isinstance(switches, dict):
+        raise ValueError(
+            f"weights file {path}: metadata {META_SWITCHES!r} must be a JSON object, "
+            f"got {type(switches).__name__}"
+        )
+    return model, {str(k): v for k, v in switches.items() if "weights" not in str(k)}
 
 
 def describe_load_error(err: BaseException) -> str:

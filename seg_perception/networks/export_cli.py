@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from seg_perception.config import parse_hw
     from seg_perception.networks import build_model
-    from seg_perception.networks.export import export_onnx, load_weights
+    from seg_perception.networks.export import export_onnx
 
     if args.opset < 17:
         raise ValueError(f"--opset must be >= 17, got {args.opset}")
@@ -56,17 +56,17 @@ def run(args: argparse.Namespace) -> int:
     h, w = parse_hw(args.input)
     switches = parse_switches(args.switch)
     torch.manual_seed(0)
+    # with --weights the file's stored switches (a CPU-sized net) build the net it was trained as
+    weights = {"weights": args.weights} if args.weights else {}
     if args.model == "panoptic_asp":
         from seg_perception.networks.panoptic_export import export_panoptic_onnx
 
-        model = build_model(args.model, min_size=min(h, w), max_size=max(h, w), **switches)
-        if args.weights:
-            load_weights(model, args.weights)
+        model = build_model(
+            args.model, min_size=min(h, w), max_size=max(h, w), **weights, **switches
+        )
         path = export_panoptic_onnx(model.eval(), args.out, input_hw=(h, w), opset=args.opset)
     else:
-        model = build_model(args.model, **switches)
-        if args.weights:
-            load_weights(model, args.weights)
+        model = build_model(args.model, **weights, **switches)
         path = export_onnx(
             model.eval(), args.out, input_hw=(h, w), opset=args.opset, layout=args.layout
         )

@@ -6,7 +6,9 @@ downsampled by 2 (medium resolution, ``layer0..layer4``, 128 ch) and by 4 (low r
 Upsampling Module steered by the *fusion* guidance module.
 
 Switches (paper tables): ``encoder`` (Table 1), ``fusion`` (Table 2), ``decoder`` /
-``guidance`` (Table 4), ``sampling`` (eq. 2 nearest / eq. 4 bilinear).
+``guidance`` (Table 4), ``sampling`` (eq. 2 nearest / eq. 4 bilinear). ``width`` is not the
+paper's: it scales every channel count (trunk, fusion post-processing, guidance convs) to fit
+our CPU and shipped-weights budget; ``width=1`` is the paper's network, key for key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from seg_perception.networks.layers import (
     select_branch,
     use_branch_statistics,
 )
+from seg_perception.networks.resnet import scale_channels
 
 __all__ = [
     "DECODERS",
@@ -57,7 +60,8 @@ SAMPLINGS = ("nearest", "bilinear")
 
 _MEDIUM_STAGE = "layer4"  # "only the first layers of the DRN-D-22 before dilated convolutions"
 _HIGH_RES_STAGE = "layer2"  # 32 ch: "the last Convolution before downsampling" (high-res guide)
-_POST_CHANNELS = 128
+_POST_CHANNELS = 128  # at width 1; scale_channels(128, width) otherwise
+_GUIDE_CHANNELS = (64, 32)  # large_rf's two CBRs / fusion guidance's 32-ch sum, at width 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,10 +88,18 @@ class FusionModule(nn.Module):
     dimensionality-reducing post-processing step: conv1x1-BN-ReLU to 128 ch + conv3x3-BN-ReLU
     ("adding more convolutions and non-linearities ... applied to a smaller feature space").
     Output ``(N, out_channels, H_m, W_m)``. With no medium input the merge is the identity.
+    ``post_channels``: width of the post-processing step (128 in the paper).
     """
 
     def __init__(
-        self, *, low_channels: int, medium_channels: int, n_medium: int, merge: str, postproc: bool
+        self,
+        *,
+        low_channels: int,
+        medium_channels: int,
+        n_medium: int,
+        merge: str,
+        postproc: bool,
+        post_channels: int = _POST_CHANNELS,
     ) -> None:
         super().__init__()
         self.merge = merge
@@ -99,9 +111,9 @@ class FusionModule(nn.Module):
         self.out_channels = merged
         if postproc:
             self.post = nn.Sequential(
-                ConvBNReLU(merged, _POST_CHANNELS, 1), ConvBNReLU(_POST_CHANNELS, _POST_CHANNELS, 3)
+                ConvBNReLU(merged, post_channels, 1), ConvBNReLU(post_channels, post_channels, 3)
             )
-            self.out_channels = _POST_CHANNELS
+            self.out_channels = post_channels
 
     def forward(self, low: Tensor, mediums: list[Tensor]) -> Tensor:
         if not mediums:
@@ -138,21 +150,25 @@ class GuidanceModule(nn.Module):
 
     ``high_res`` / ``fusion`` predict at the high-res activation's resolution; the 2-channel
     table is then resized bilinearly to ``(H, W)`` (parameter-free part of grid generation).
+    ``width`` scales the 64/32 channel counts above (``scale_channels``).
     """
 
-    def __init__(self, kind: str, *, fusion_channels: int, high_res_channels: int) -> None:
+    def __init__(
+        self, kind: str, *, fusion_channels: int, high_res_channels: int, width: float = 1.0
+    ) -> None:
         super().__init__()
         self.kind = kind
+        c64, c32 = (scale_channels(c, width) for c in _GUIDE_CHANNELS)
         if kind == "large_rf":
-            self.cbr1 = ConvBNReLU(fusion_channels, 64, 3)
-            self.cbr2 = ConvBNReLU(64, 32, 3)
-            self.head = _offset_head(32)
+            self.cbr1 = ConvBNReLU(fusion_channels, c64, 3)
+            self.cbr2 = ConvBNReLU(c64, c32, 3)
+            self.head = _offset_head(c32)
         elif kind == "high_res":
             self.head = _offset_head(high_res_channels)
         else:
-            self.from_fusion = ConvBNReLU(fusion_channels, 32, 1, relu=False)
-            self.from_high_res = ConvBNReLU(high_res_channels, 32, 1, relu=False)
-            self.head = _offset_head(32)
+            self.from_fusion = ConvBNReLU(fusion_channels, c32, 1, relu=False)
+            self.from_high_res = ConvBNReLU(high_res_channels, c32, 1, relu=False)
+            self.head = _offset_head(c32)
         init_conv_bn(self)
         nn.init.zeros_(self.head.weight)
 
@@ -188,9 +204,11 @@ class GUN(nn.Module):
         decoder: str,
         guidance: str,
         sampling: str,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.width = width
         self.encoder, self.decoder = encoder, decoder
         self.guidance_kind, self.sampling = guidance, sampling
         self.low_factor, self.medium_factors, shared = ENCODERS[encoder]
@@ -198,10 +216,10 @@ class GUN(nn.Module):
         # Single-branch encoders (Table 1 baseline / enc4) are the whole DRN-D-22; the low-res
         # branch of a multi-resolution encoder is "all the layers of a DRN-D-22 with the
         # exception of the last two" (layer7 / layer8).
-        self.trunk = DRN(last_stage="layer8" if single else "layer6")
+        self.trunk = DRN(last_stage="layer8" if single else "layer6", width=width)
         self.medium_trunk: DRN | None = None
         if not single and not shared:
-            self.medium_trunk = DRN(last_stage=_MEDIUM_STAGE)
+            self.medium_trunk = DRN(last_stage=_MEDIUM_STAGE, width=width)
         # Shared weights ("the only difference is weight sharing between the two branches"):
         # the convolutions and BN affine parameters are shared; BN running statistics are kept
         # per branch, since the /2 and /4 inputs have different activation statistics.
@@ -217,6 +235,7 @@ class GUN(nn.Module):
             n_medium=len(self.medium_factors),
             merge=merge,
             postproc=postproc,
+            post_channels=scale_channels(_POST_CHANNELS, width),
         )
         self.classifier = nn.Conv2d(self.fusion.out_channels, num_classes, 1)
         self.guidance: GuidanceModule | None = None
@@ -225,6 +244,7 @@ class GUN(nn.Module):
                 guidance,
                 fusion_channels=self.fusion.out_channels,
                 high_res_channels=self.trunk.channels(_HIGH_RES_STAGE),
+                width=width,
             )
         init_conv_bn(self.fusion)
 
@@ -316,17 +336,22 @@ def build_gun(
     decoder: str = "gum",
     guidance: str = "fusion",
     sampling: str = "nearest",
+    width: float = 1.0,
     weights: str | None = None,
     backbone_weights: str | None = None,
 ) -> GUN:
     """Build GUN. ``weights``: a full GUN state dict file; ``backbone_weights``: a DRN-D-22
-    state dict (e.g. converted ImageNet weights) loaded into the trunk(s) only. ``guidance``
-    and ``sampling`` only act with ``decoder="gum"``."""
+    state dict (e.g. converted ImageNet weights, of the same ``width``) loaded into the
+    trunk(s) only. ``guidance`` and ``sampling`` only act with ``decoder="gum"``. ``width`` in
+    ``(0, 1]`` scales every channel count (our CPU reduction, see the module docstring): 0.5
+    halves the trunk (DRN 8..256 ch) and the fusion/guidance convs; 1.0 is the paper's GUN."""
     _check("encoder", encoder, ENCODERS)
     _check("fusion", fusion, FUSIONS)
     _check("decoder", decoder, DECODERS)
     _check("guidance", guidance, GUIDANCES)
     _check("sampling", sampling, SAMPLINGS)
+    if not 0.0 < width <= 1.0:
+        raise ValueError(f"build_gun: width must be in (0, 1], got {width!r}")
     if not 1 <= num_classes <= 255:
         raise ValueError(f"build_gun: num_classes must be in 1..255 (uint8 ids), got {num_classes}")
     model = GUN(
@@ -336,6 +361,7 @@ def build_gun(
         decoder=decoder,
         guidance=guidance,
         sampling=sampling,
+        width=width,
     )
     if backbone_weights is not None:
         load_weights(model.trunk, backbone_weights, ignore_unexpected=True)

@@ -1,10 +1,12 @@
 """Panoptic ASP model: Mask R-CNN R50-FPN + the ASP semantic head (fusion-scheme paper, Sec. III).
 
-One shared ResNet50-FPN feeds torchvision's Mask R-CNN heads (RPN, box, mask) and the semantic
-head of :mod:`seg_perception.networks.asp_head`; the backbone runs once per batch. Training
-returns the multi-task loss terms "L = L_box + L_cls + L_mask + L_segm" (torchvision's five
-detector terms plus ``loss_segm``); inference returns boxes, thing trainIds, scores, pasted mask
-probabilities and the semantic trainId map, all at the input image's resolution.
+One shared ResNet-FPN (ResNet50, 256 FPN channels in the paper's model, the default; narrower
+CPU variants by switches, see :func:`build_panoptic_asp`) feeds torchvision's Mask R-CNN heads
+(RPN, box, mask) and the semantic head of :mod:`seg_perception.networks.asp_head`; the backbone
+runs once per batch. Training returns the multi-task loss terms "L = L_box + L_cls + L_mask +
+L_segm" (torchvision's five detector terms plus ``loss_segm``); inference returns boxes, thing
+trainIds, scores, pasted mask probabilities and the semantic trainId map, all at the input
+image's resolution.
 
 Detection classes are the thing classes of the label table (Cityscapes trainIds 11..18, in
 ``thing_train_ids`` order): detection label ``0`` is background, label ``i`` is
@@ -23,50 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
 
 from seg_perception.labels import CITYSCAPES, IGNORE_ID
+from seg_perception.networks.asp_detector import (
+    AffineFrozenBatchNorm2d,
+    build_mask_rcnn,
+    build_resnet_fpn,
+)
 from seg_perception.networks.asp_head import HEAD_KINDS, SemanticHead
 from seg_perception.networks.export import load_weights, read_state_dict
-
-
-class AffineFrozenBatchNorm2d(nn.Module):
-    """BatchNorm with frozen statistics and trainable affine parameters.
-
-    The paper: "we freeze the Batch Normalization statistics and learn only the affine
-    parameters gamma and beta". torchvision's ``FrozenBatchNorm2d`` stores ``weight`` and ``bias``
-    as *buffers*, so they can never receive gradients (it freezes the affine part too). Here
-    ``running_mean``/``running_var`` stay buffers (never updated, in train or eval mode) and
-    ``weight``/``bias`` are ``nn.Parameter``; the state-dict keys are the same as torchvision's,
-    so COCO / ImageNet checkpoints load unchanged. Whether a layer's affine parameters train is
-    then decided like every other backbone parameter by ``trainable_backbone_layers``.
-
-    ``(N, C, H, W) -> (N, C, H, W)``: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
-    """
-
-    running_mean: Tensor
-    running_var: Tensor
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        state_dict.pop(prefix + "num_batches_tracked", None)  # written by nn.BatchNorm2d
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 class PanopticASP(nn.Module):
@@ -274,14 +242,19 @@ def calibrate_frozen_bn(model: PanopticASP, images: list[Tensor]) -> None:
 
 
 # -- weights -------------------------------------------------------------------------------
+# Mask R-CNN layers whose shape depends on the number of classes (skipped when they differ)
+_CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
 def _load_backbone_weights(model: PanopticASP, path: str | Path, bn_eps: float | None) -> None:
-    """Load a torchvision Mask R-CNN R50-FPN (COCO) or a ResNet-50 (ImageNet) state dict.
+    """Load a torchvision Mask R-CNN R50-FPN (COCO) or a ResNet (ImageNet) state dict.
 
     The paper initialises "with the pretrained Mask-RCNN weights on the Microsoft COCO dataset";
     class-specific predictor layers whose shape differs (91 COCO classes vs ours) are skipped and
-    keep their fresh initialisation. torchvision's COCO_V1 Mask R-CNN weights were converted with
-    BatchNorm eps 0 (its own builder sets eps=0 for them), so eps defaults to 0 for a detector
-    checkpoint and to 1e-5 for an ImageNet ResNet.
+    keep their fresh initialisation. Any other shape mismatch (a checkpoint of another backbone
+    width or head size) is an error that names the key. torchvision's COCO_V1 Mask R-CNN weights
+    were converted with BatchNorm eps 0 (its own builder sets eps=0 for them), so eps defaults to
+    0 for a detector checkpoint and to 1e-5 for an ImageNet ResNet.
     """
     state = read_state_dict(path)
     if any(k.startswith("backbone.body.") for k in state):
@@ -297,7 +270,15 @@ def _load_backbone_weights(model: PanopticASP, path: str | Path, bn_eps: float |
             f"state dict; first keys: {list(state)[:5]}"
         )
     own = target.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    skipped = [k for k in mismatched if k.startswith(_CLASS_SPECIFIC)]
+    wrong = [k for k in mismatched if k not in skipped]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(
+            f"{path}: {len(wrong)} tensors do not fit this model's widths, e.g. {k}: expected "
+            f"{tuple(own[k].shape)}, got {tuple(state[k].shape)}"
+        )
     state = {k: v for k, v in state.items() if k not in skipped}
     missing, unexpected = target.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in skipped]
@@ -319,6 +300,11 @@ def build_panoptic_asp(
     weights: str | Path | None = None,
     backbone_weights: str | Path | None = None,
     trainable_backbone_layers: int = 3,
+    backbone: str = "resnet50",
+    backbone_width: float = 1.0,
+    fpn_channels: int = 256,
+    box_representation: int = 1024,
+    mask_channels: int = 256,
     head_channels: int = 128,
     num_groups: int = 32,
     thing_train_ids: Sequence[int] | None = None,
@@ -328,6 +314,12 @@ def build_panoptic_asp(
 ) -> PanopticASP:
     """Build the panoptic ASP model (no downloads; weights only from explicit files).
 
+    The defaults are the paper's model (ResNet50-FPN Mask R-CNN, 256-channel FPN, 1024-wide box
+    head, 256-wide mask head, 128 maps per semantic level). ``backbone``, ``backbone_width``,
+    ``fpn_channels``, ``box_representation``, ``mask_channels`` and ``head_channels`` narrow it
+    for the CPU (our reduction, not the paper's; see ``networks.asp_detector``). Every switch is
+    a plain JSON value, so it round-trips through the weights' metadata.
+
     Args:
         num_things: thing classes of the detector (background is added: ``num_things + 1``).
         num_classes: semantic classes.
@@ -335,10 +327,17 @@ def build_panoptic_asp(
         min_size, max_size: torchvision's resize rule for the network input.
         weights: a full ``PanopticASP`` state dict (.pt/.pth or .safetensors), loaded strictly
             (``networks.export.load_weights``).
-        backbone_weights: a torchvision Mask R-CNN R50-FPN or ResNet-50 state dict.
+        backbone_weights: a torchvision Mask R-CNN R50-FPN or ImageNet ResNet state dict of
+            the same backbone and widths.
         trainable_backbone_layers: 0..5 ResNet stages (from layer4 down) whose parameters,
             including the frozen-BN affine parameters, are trained.
-        head_channels, num_groups: semantic head width and GroupNorm groups.
+        backbone: ``"resnet50"`` (paper), ``"resnet34"`` or ``"resnet18"``.
+        backbone_width: ResNet stage-width multiplier in (0, 1]; < 1 needs resnet18/34.
+        fpn_channels: FPN channels; the RPN, RoI heads and semantic head follow (paper: 256).
+        box_representation: width of the box head's two FC layers (paper: 1024).
+        mask_channels: width of the mask head's four 3x3 convs and deconv (paper: 256).
+        head_channels, num_groups: semantic head maps per level (paper: 128; the classifier
+            sees 4x as many) and GroupNorm groups (must divide ``head_channels``).
         thing_train_ids: trainIds of the detection classes (default: the Cityscapes things).
         backbone_bn_eps: eps of the frozen BatchNorms (default see ``_load_backbone_weights``).
         return_semantic_logits: also return ``semantic_logits`` at inference.
@@ -358,21 +357,21 @@ def build_panoptic_asp(
             f"build_panoptic_asp: thing_train_ids {list(things)} must be distinct trainIds in "
             f"0..{num_classes - 1}"
         )
-    backbone = resnet_fpn_backbone(
-        backbone_name="resnet50",
-        weights=None,
-        norm_layer=AffineFrozenBatchNorm2d,
+    backbone_net = build_resnet_fpn(
+        backbone=backbone,
+        width=backbone_width,
+        fpn_channels=fpn_channels,
         trainable_layers=trainable_backbone_layers,
     )
-    detector = MaskRCNN(
-        backbone,
+    detector = build_mask_rcnn(
+        backbone_net,
         num_classes=num_things + 1,
-        min_size=min_size,
-        max_size=max_size,
-        **detector_kwargs,
+        box_representation=box_representation,
+        mask_channels=mask_channels,
+        detector_kwargs={"min_size": min_size, "max_size": max_size, **detector_kwargs},
     )
     semantic_head = SemanticHead(
-        backbone.out_channels,
+        backbone_net.out_channels,
         num_classes,
         head=head,
         channels=head_channels,

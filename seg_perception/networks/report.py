@@ -2,7 +2,12 @@
 
 GFLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass in eval
 mode (2 FLOPs per multiply-add; convolutions, matmuls and the detector's linear layers; RoIAlign,
-NMS and interpolation are not counted).
+NMS and interpolation are not counted). ``fp16 MB`` is the size of the state dict as
+``train.checkpoint.export_weights`` writes it (floating tensors as fp16, integer buffers kept;
+1 MB = 1e6 bytes, safetensors header not counted).
+
+``--variants paper`` (default) lists the papers' networks, ``cpu`` the width-reduced variants
+sized for this CPU and the shipped-weights budget (our reduction, not the papers'), ``all`` both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,24 @@ PAPER_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
     ("ShelfNet-50", "shelfnet", {"backbone": "resnet50"}, (512, 512)),
     ("Panoptic ASP model (R50-FPN Mask R-CNN + ASP head)", "panoptic_asp", {}, (1024, 2048)),
 )
+# Width-reduced semantic nets for the CPU / the shipped-weights budget (issue 6), at 512x1024.
+CPU_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
+    ("GUN width 0.5", "gun", {"width": 0.5}, (512, 1024)),
+    ("GUN width 0.375", "gun", {"width": 0.375}, (512, 1024)),
+    (
+        "ShelfNet-18 bw 0.5, reduced 32/64/128/256",
+        "shelfnet",
+        {"backbone": "resnet18", "backbone_width": 0.5, "reduced_channels": [32, 64, 128, 256]},
+        (512, 1024),
+    ),
+    (
+        "ShelfNet-18 bw 0.5, reduced 64/64/128/256",
+        "shelfnet",
+        {"backbone": "resnet18", "backbone_width": 0.5, "reduced_channels": [64, 64, 128, 256]},
+        (512, 1024),
+    ),
+)
+VARIANTS = {"paper": PAPER_CONFIGS, "cpu": CPU_CONFIGS, "all": PAPER_CONFIGS + CPU_CONFIGS}
 
 
 @dataclass
@@ -34,6 +57,7 @@ class ModelRow:
     input_hw: tuple[int, int]
     params_m: float
     gflops: float
+    fp16_mb: float = 0.0
 
 
 def builder_switches(name: str) -> dict[str, Any]:
@@ -52,8 +76,21 @@ def builder_switches(name: str) -> dict[str, Any]:
     }
 
 
-def measure(name: str, switches: dict[str, Any], input_hw: tuple[int, int]) -> tuple[float, float]:
-    """(parameters in millions, GFLOPs of one eval forward at ``input_hw``)."""
+def fp16_megabytes(model: Any) -> float:
+    """Bytes / 1e6 of ``model.state_dict()`` with floating tensors as fp16 (the export format)."""
+    return (
+        sum(
+            v.numel() * (2 if v.is_floating_point() else v.element_size())
+            for v in model.state_dict().values()
+        )
+        / 1e6
+    )
+
+
+def measure(
+    name: str, switches: dict[str, Any], input_hw: tuple[int, int]
+) -> tuple[float, float, float]:
+    """(parameters in millions, GFLOPs of one eval forward at ``input_hw``, fp16 MB)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,16 +109,18 @@ def measure(name: str, switches: dict[str, Any], input_hw: tuple[int, int]) -> t
             model([torch.rand(3, h, w)])
         else:
             model(torch.randn(1, 3, h, w))
-    return params, counter.get_total_flops() / 1e9
+    return params, counter.get_total_flops() / 1e9, fp16_megabytes(model)
 
 
-def report(input_hw: tuple[int, int] | None = None) -> list[ModelRow]:
+def report(input_hw: tuple[int, int] | None = None, *, variants: str = "paper") -> list[ModelRow]:
+    if variants not in VARIANTS:
+        raise ValueError(f"variants must be one of {', '.join(VARIANTS)}, got {variants!r}")
     rows = []
-    for label, name, switches, paper_hw in PAPER_CONFIGS:
+    for label, name, switches, paper_hw in VARIANTS[variants]:
         hw = input_hw or paper_hw
-        params, gflops = measure(name, switches, hw)
+        params, gflops, mb = measure(name, switches, hw)
         rows.append(
-            ModelRow(label, name, {**builder_switches(name), **switches}, hw, params, gflops)
+            ModelRow(label, name, {**builder_switches(name), **switches}, hw, params, gflops, mb)
         )
     return rows
 
@@ -93,17 +132,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", default=None, action=OutputFile, help="also write the rows as JSON here"
     )
+    parser.add_argument(
+        "--variants",
+        choices=("paper", "cpu", "all"),
+        default="paper",
+        help="the papers' networks, the width-reduced CPU variants, or both",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from seg_perception.config import parse_hw
 
-    rows = report(parse_hw(args.input) if args.input else None)
-    print(f"| {'model':<52} | {'input':>9} | {'params (M)':>10} | {'GFLOPs':>8} |")
-    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|{'-' * 10}|")
+    rows = report(parse_hw(args.input) if args.input else None, variants=args.variants)
+    print(f"| {'model':<52} | {'input':>9} | {'params (M)':>10} | {'fp16 MB':>8} | {'GFLOPs':>8} |")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
     for r in rows:
         hw = f"{r.input_hw[0]}x{r.input_hw[1]}"
-        print(f"| {r.label:<52} | {hw:>9} | {r.params_m:10.2f} | {r.gflops:8.1f} |")
+        print(
+            f"| {r.label:<52} | {hw:>9} | {r.params_m:10.2f} | {r.fp16_mb:8.1f} | {r.gflops:8.1f} |"
+        )
     print("\nswitches (defaults):")
     for name in dict.fromkeys(r.model for r in rows):
         switches = ", ".join(f"{k}={v!r}" for k, v in builder_switches(name).items())

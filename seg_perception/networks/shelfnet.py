@@ -32,6 +32,7 @@ from torchvision import models
 from seg_perception.networks.export import load_weights, read_state_dict
 from seg_perception.networks.layers import ConvBNReLU
 from seg_perception.networks.relation import RelationModule, upsample_stride_aligned
+from seg_perception.networks.resnet import build_resnet
 
 __all__ = [
     "BACKBONES",
@@ -46,12 +47,8 @@ __all__ = [
     "build_shelfnet",
 ]
 
-BACKBONES: dict[str, Callable[..., models.ResNet]] = {
-    "resnet18": models.resnet18,
-    "resnet34": models.resnet34,
-    "resnet50": models.resnet50,
-    "resnet101": models.resnet101,
-}
+# backbone name -> ResNet depth (networks/resnet.py; torchvision's ResNets at backbone_width 1)
+BACKBONES: dict[str, int] = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 # The paper does not print the reduced widths. It reduces "the channel number of outputs from
 # ResNet for faster running speed" like Light-Weight RefineNet; we take 64/128/256/512, i.e. a
 # 4x reduction of the bottleneck ResNet50/101 widths 256..2048 (the authors' released ShelfNet50
@@ -119,18 +116,21 @@ def _up(in_channels: int, out_channels: int) -> nn.Module:
 
 # --------------------------------------------------------------------------- columns
 class ResNetFeatures(nn.Module):
-    """Column 0: a torchvision ResNet without its classifier.
+    """Column 0: a ResNet without its classifier (torchvision's, or ``resnet.NarrowResNet``).
 
     ``(N, 3, H, W)`` with ``H, W`` multiples of 32 -> 4 maps ``(N, channels[l], H/2^(l+2), ...)``.
     """
 
-    def __init__(self, resnet: models.ResNet) -> None:
+    def __init__(self, resnet: nn.Module) -> None:
         super().__init__()
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
-        expansion = 4 if isinstance(resnet.layer1[0], models.resnet.Bottleneck) else 1
-        self.channels = tuple(w * expansion for w in (64, 128, 256, 512))
+        if hasattr(resnet, "stage_channels"):  # set by resnet.build_resnet
+            self.channels = tuple(resnet.stage_channels)
+        else:  # a plain torchvision ResNet
+            expansion = 4 if isinstance(resnet.layer1[0], models.resnet.Bottleneck) else 1
+            self.channels = tuple(w * expansion for w in (64, 128, 256, 512))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         a = self.layer1(self.stem(x))
@@ -287,7 +287,7 @@ class ShelfNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- builder
-def _load_backbone(resnet: models.ResNet, path: str) -> None:
+def _load_backbone(resnet: nn.Module, path: str) -> None:
     """Load an ImageNet ResNet state dict into ``resnet`` ignoring ``fc.*``; any other missing,
     unexpected or mis-shaped key is a ValueError naming ``path``."""
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
@@ -309,6 +309,7 @@ def build_shelfnet(
     *,
     num_classes: int = 19,
     backbone: str = "resnet18",
+    backbone_width: float = 1.0,
     backbone_weights: str | None = None,
     column_pairs: int = 1,
     block: str = "shared",
@@ -322,6 +323,10 @@ def build_shelfnet(
     Args:
         num_classes: classifier outputs (19 Cityscapes trainIds).
         backbone: one of ``BACKBONES`` (torchvision ResNets, built with ``weights=None``).
+        backbone_width: ResNet stage-width multiplier in ``(0, 1]`` (``resnet.build_resnet``;
+            < 1 for resnet18/34 only). Our CPU reduction, not the paper's: 1.0 is the paper's
+            backbone; 0.5 gives stages of 32/64/128/256 channels (pair it with smaller
+            ``reduced_channels``).
         backbone_weights: ImageNet ResNet state dict (``.pth``/``.pt`` via
             ``torch.load(weights_only=True)`` or ``.safetensors``, read by
             ``export.read_state_dict``); ``fc.*`` keys are ignored.
@@ -335,6 +340,13 @@ def build_shelfnet(
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    if not 0.0 < backbone_width <= 1.0:
+        raise ValueError(f"backbone_width must be in (0, 1], got {backbone_width!r}")
+    if backbone_width < 1.0 and BACKBONES[backbone] not in (18, 34):
+        raise ValueError(
+            f"backbone_width < 1 needs backbone resnet18 or resnet34, got backbone={backbone!r} "
+            f"with backbone_width={backbone_width}"
+        )
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; valid: {', '.join(BLOCKS)}")
     if column_pairs < 0:
@@ -346,7 +358,7 @@ def build_shelfnet(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
-    resnet = BACKBONES[backbone](weights=None)
+    resnet = build_resnet(depth=BACKBONES[backbone], width=backbone_width)
     if backbone_weights is not None:
         _load_backbone(resnet, backbone_weights)
 
