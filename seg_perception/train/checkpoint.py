@@ -137,10 +137,15 @@ def export_weights(
 
     Floating-point tensors are cast to ``dtype`` (integer buffers such as
     ``num_batches_tracked`` keep theirs); training-only modules (the SCL similarity subnet) are
-    left out. The file's metadata holds the model name, builder switches and iteration.
-    Written atomically.
+    left out. The file's metadata (``seg_perception.*`` keys, str -> str) holds the model name,
+    its builder switches as a JSON object (``seg_perception.switches``, read back by
+    ``networks.export.stored_switches`` so that ``build_model(name, weights=file)`` and the engines
+    build e.g. a narrow ``width=0.5`` net from the file alone; switches naming weight files are
+    left out), the iteration, dtype and source checkpoint. Written atomically.
     """
     from safetensors.torch import save
+
+    from seg_perception.networks.export import META_MODEL, META_SWITCHES
 
     src = find_latest_checkpoint(checkpoint)
     if src is None:
@@ -151,12 +156,17 @@ def export_weights(
         k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().clone()
         for k, v in state.items()
     }
+    switches = data.get("switches") or {}
+    if not isinstance(switches, Mapping):
+        raise CheckpointError(f"{src}: 'switches' must be a mapping, got {type(switches).__name__}")
     meta = {
-        "model": str(data.get("model_name", "")),
-        "switches": json.dumps(data.get("switches", {}), sort_keys=True),
-        "iteration": str(data.get("iteration", "")),
-        "dtype": str(dtype).removeprefix("torch."),
-        "source": src.name,
+        META_MODEL: str(data.get("model_name", "")),
+        META_SWITCHES: json.dumps(
+            {str(k): v for k, v in switches.items() if "weights" not in str(k)}, sort_keys=True
+        ),
+        "seg_perception.iteration": str(data.get("iteration", "")),
+        "seg_perception.dtype": str(dtype).removeprefix("torch."),
+        "seg_perception.source": src.name,
     }
     out = Path(out_path)
     if out.suffix != ".safetensors":
