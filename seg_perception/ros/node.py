@@ -11,6 +11,7 @@ older than ``max_frame_age_ms`` are counted as dropped.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -368,6 +369,9 @@ def params_files_from_args(args: list[str]) -> tuple[str, ...]:
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``seg_node`` executable. SIGINT and SIGTERM end it with status 0."""
     rclpy.init(args=args)  # installs the SIGINT and SIGTERM handlers that stop spin()
+    # the node logs where its weights came from through rclpy (RANDOM WEIGHTS as a warning):
+    # the engine factory's own Python-logging warning would print the same line twice
+    logging.getLogger("seg_perception.engines.factory").setLevel(logging.ERROR)
     node = None
     code = 0
     try:
