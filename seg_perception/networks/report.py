@@ -45,6 +45,21 @@ CPU_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
         {"backbone": "resnet18", "backbone_width": 0.5, "reduced_channels": [64, 64, 128, 256]},
         (512, 1024),
     ),
+    (
+        "Panoptic ASP, R18 bw 0.5, FPN 64, box 256, mask/semantic 64",
+        "panoptic_asp",
+        {
+            "backbone": "resnet18",
+            "backbone_width": 0.5,
+            "fpn_channels": 64,
+            "box_representation": 256,
+            "mask_channels": 64,
+            "head_channels": 64,
+            "rpn_post_nms_top_n_test": 300,
+            "box_detections_per_img": 30,
+        },
+        (512, 1024),
+    ),
 )
 VARIANTS = {"paper": PAPER_CONFIGS, "cpu": CPU_CONFIGS, "all": PAPER_CONFIGS + CPU_CONFIGS}
 
