@@ -370,3 +370,41 @@ def test_sigterm_during_processing_exits_cleanly(ros, tmp_path):
         if proc.poll() is None:
             proc.kill()
         feeder.destroy_node()
+
+
+def test_two_cameras_async_panoptic_each_with_its_own_header(ros):
+    node = SegNode(
+        parameter_overrides=_params(
+            cameras="front,left",
+            backend="torch",
+            **{
+                "panoptic.enabled": True,
+                "panoptic.mode": "async",
+                "panoptic.network_height": 128,
+                "panoptic.network_width": 256,
+                "panoptic.score_threshold": 0.0,
+            },
+        )
+    )
+    topics = [f"{c}/segmentation/panoptic" for c in ("front", "left")]
+    listener = Listener(topics, nodes=(node,))
+    pubs = {c: listener.node.create_publisher(Image, f"{c}/image", 10) for c in ("front", "left")}
+    try:
+        for cam in ("front", "left"):
+            end = time.monotonic() + 10
+            while "panoptic" not in node.wanted_outputs(cam) and time.monotonic() < end:
+                time.sleep(0.05)
+        for i in range(3):  # keep offering until both cameras got a panoptic answer
+            for j, cam in enumerate(("front", "left")):
+                pubs[cam].publish(_msg(10 * i + j, f"{cam}_optical", (10 * i + j, 0))[1])
+            if listener.wait(lambda: all(listener.got[t] for t in topics), timeout=15):
+                break
+        assert all(listener.got[t] for t in topics), {t: len(v) for t, v in listener.got.items()}
+        for cam, topic in zip(("front", "left"), topics, strict=True):
+            msgs = listener.got[topic]
+            assert {m.header.frame_id for m in msgs} == {f"{cam}_optical"}, topic
+            assert all((m.height, m.width, m.encoding) == (48, 80, "32SC1") for m in msgs)
+        assert node.cameras["front"].stats.panoptic_frames >= 1
+        assert node.cameras["left"].stats.panoptic_frames >= 1
+    finally:
+        _close(node, listener)
