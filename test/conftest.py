@@ -7,10 +7,13 @@ import tempfile
 import numpy as np
 import pytest
 
+from seg_perception.ros.dds import large_image_transport
+
 # DDS traffic of the tests stays on this machine and on a domain of its own, so that parallel
 # runs (or a demo running beside) never see each other's topics.
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.pop("ROS_LOCALHOST_ONLY", None)
+large_image_transport(os.environ)  # the transport profile the node and the tools use
 if "SEG_TEST_DOMAIN_ID" not in os.environ:
     os.environ["SEG_TEST_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 100))
 os.environ["ROS_DOMAIN_ID"] = os.environ["SEG_TEST_DOMAIN_ID"]

@@ -62,6 +62,7 @@ def test_ament_index_finds_package_and_files(workspace):
     assert (share / "launch" / "seg.launch.py").is_file()
     assert (share / "config" / "seg.yaml").is_file()
     assert (share / "config" / "seg.rviz").is_file()
+    assert (share / "config" / "fastdds_large_images.xml").is_file()
     assert (share / "config" / "train" / "gun_synth.yaml").is_file()
     assert (share / "package.xml").is_file()
     exe = prefix / "lib" / "seg_perception" / "seg_node"

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,3 +409,25 @@ def test_two_cameras_async_panoptic_each_with_its_own_header(ros):
         assert node.cameras["left"].stats.panoptic_frames >= 1
     finally:
         _close(node, listener)
+
+
+def test_large_image_transport_profile(tmp_path):
+    from seg_perception.ros.dds import large_image_transport
+
+    env = {}
+    path = large_image_transport(env)
+    assert path and env["FASTDDS_DEFAULT_PROFILES_FILE"] == path
+    text = Path(path).read_text()
+    assert "<segment_size>33554432</segment_size>" in text and "<type>SHM</type>" in text
+    import xml.etree.ElementTree as ET
+
+    ET.parse(path)  # well-formed
+    # a profile the user chose, another RMW, or the opt-out leave the environment alone
+    for env in (
+        {"FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/mine.xml"},
+        {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/mine.xml"},
+        {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"},
+        {"SEG_PERCEPTION_DDS_PROFILE": "0"},
+    ):
+        before = dict(env)
+        assert large_image_transport(env) is None and env == before

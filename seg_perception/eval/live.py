@@ -33,6 +33,7 @@ from seg_perception.eval.evaluate import (
     _stamp,
     resolve_topics,
 )
+from seg_perception.ros.dds import large_image_transport
 
 IMAGE = "sensor_msgs/msg/Image"
 SEMANTIC_TOPIC = "segmentation/semantic"
@@ -161,6 +162,7 @@ def evaluate_live(
 
     type_by_topic = Image if topics.camera_type == IMAGE else CompressedImage
     proc = start_node(config, namespace=ns, params=params, log_path=log_path)
+    large_image_transport()  # this process's participant: camera-sized messages over SHM
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("seg_eval_live", context=context)

@@ -19,6 +19,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from seg_perception.ros.dds import large_image_transport
 from seg_perception.ros.msg_types import ros_type
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -29,6 +30,7 @@ def loopback_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.pop("ROS_LOCALHOST_ONLY", None)
+    large_image_transport(env)
     return env
 
 

@@ -40,6 +40,7 @@ from seg_perception.pipeline import (
     build_pipeline,
 )
 from seg_perception.ros.camera import Camera, camera_topic
+from seg_perception.ros.dds import large_image_transport
 from seg_perception.ros.diagnostics import EngineHealth, camera_status, diagnostic_array
 from seg_perception.ros.image_codec import (
     ImageDecodeError,
@@ -368,6 +369,7 @@ def params_files_from_args(args: list[str]) -> tuple[str, ...]:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``seg_node`` executable. SIGINT and SIGTERM end it with status 0."""
+    large_image_transport()  # before the DDS participant exists
     rclpy.init(args=args)  # installs the SIGINT and SIGTERM handlers that stop spin()
     # the node logs where its weights came from through rclpy (RANDOM WEIGHTS as a warning):
     # the engine factory's own Python-logging warning would print the same line twice
