@@ -32,10 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--set",
-        action="append",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override one parameter, e.g. --set backend=torch (repeatable; YAML values)",
+        help="override parameters, e.g. --set backend=torch threads=1 (YAML values; repeatable)",
     )
     parser.add_argument("--out", required=True, action=OutputDir, help="output directory")
     parser.add_argument(

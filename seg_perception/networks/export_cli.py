@@ -27,10 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--switch",
-        action="append",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="builder switch, e.g. --switch backbone=resnet50 (repeatable)",
+        help="builder switches, e.g. --switch backbone=resnet50 width=0.5 (repeatable)",
     )
 
 

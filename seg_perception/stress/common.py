@@ -50,10 +50,11 @@ def add_node_arguments(parser: Any, *, startup_help: str, out_help: str) -> None
     )
     parser.add_argument(
         "--set",
-        action="append",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="extra node parameter (repeatable), e.g. --set backend=torch",
+        help="extra node parameters, e.g. --set backend=torch threads=1 (repeatable)",
     )
     parser.add_argument("--out", default=None, action=OutputDir, help=out_help)
 
