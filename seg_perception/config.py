@@ -40,6 +40,7 @@ __all__ = [
     "FusionConfig",
     "PanopticConfig",
     "SegConfig",
+    "add_key_value_option",
     "default_config_path",
     "find_data_file",
     "flatten",
@@ -51,6 +52,7 @@ __all__ = [
     "read_params_file",
     "resolve_path",
     "source_root",
+    "split_key_values",
     "validate",
 ]
 
@@ -242,16 +244,33 @@ def parse_hw(text: str) -> tuple[int, int]:
     return h, w
 
 
-def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars);
-    a malformed item is a ValueError naming the command-line ``option``."""
-    out: dict[str, Any] = {}
+def add_key_value_option(parser: Any, flag: str, *, help: str, dest: str | None = None) -> None:
+    """A ``KEY=VALUE`` option of an ``argparse`` parser: several values after one flag, the flag
+    repeatable; read them with :func:`parse_key_values` / :func:`split_key_values`."""
+    extra = {"dest": dest} if dest else {}
+    parser.add_argument(
+        flag, nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help, **extra
+    )
+
+
+def split_key_values(items: list[str], option: str) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}`` (values as given); a malformed item is
+    a ValueError naming the command-line ``option``."""
+    out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """:func:`split_key_values` with the values parsed as YAML scalars (``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for key, value in split_key_values(items, option).items():
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"{option} {item!r}: not a plain YAML value: {exc}") from None
+            raise ValueError(f"{option} '{key}={value}': not a plain YAML value: {exc}") from None
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seg_perception.cli_paths import ExistingBag, ExistingFile, OutputDir
+from seg_perception.config import add_key_value_option, parse_key_values, split_key_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None, action=ExistingFile, help="node parameter file (default: shipped)"
     )
-    parser.add_argument(
+    add_key_value_option(
+        parser,
         "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
         help="override parameters, e.g. --set backend=torch threads=1 (YAML values; repeatable)",
     )
     parser.add_argument("--out", required=True, action=OutputDir, help="output directory")
@@ -64,8 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``--set`` items -> ``{key: YAML value}``."""
-    from seg_perception.config import parse_key_values
-
     return parse_key_values(items, "--set")
 
 
@@ -73,16 +69,11 @@ def run_live(args: argparse.Namespace) -> int:
     from seg_perception.data.bag_io import BagError
     from seg_perception.eval.live import evaluate_live
 
-    overrides: dict[str, str] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(
-                f"seg-perception eval: error: --set expects KEY=VALUE, got {item!r}",
-                file=sys.stderr,
-            )
-            return 2
-        overrides[key.strip()] = value
+    try:  # as given: the node takes them as `-p key:=value`
+        overrides = split_key_values(args.set, "--set")
+    except ValueError as exc:
+        print(f"seg-perception eval: error: {exc}", file=sys.stderr)
+        return 2
     try:
         metrics = evaluate_live(
             args.bag,

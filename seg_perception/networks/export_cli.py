@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from seg_perception.cli_paths import ExistingFile, OutputFile
+from seg_perception.config import add_key_value_option, parse_key_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,19 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="nhwc",
         help="uint8 image layout of the graph input (semantic nets)",
     )
-    parser.add_argument(
-        "--switch",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="builder switches, e.g. --switch backbone=resnet50 width=0.5 (repeatable)",
+    add_key_value_option(
+        parser, "--switch", help="builder switches, e.g. --switch backbone=resnet50 width=0.5"
     )
 
 
 def parse_switches(items: list[str]) -> dict[str, object]:
-    from seg_perception.config import parse_key_values
-
     return parse_key_values(items, "--switch")
 
 

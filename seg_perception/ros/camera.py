@@ -8,6 +8,9 @@ from typing import Any
 from seg_perception.ros.diagnostics import NodeStats
 from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
+# relative output topic -> the pipeline output it carries
+_OUTPUT_OF_TOPIC = {t: key for t, (key, _) in {**OUTPUT_TOPICS, **PANOPTIC_TOPICS}.items()}
+
 
 def camera_topic(camera: str, relative: str) -> str:
     """``("front", "image")`` -> ``"front/image"``; ``("", "image")`` -> ``"image"`` (relative
@@ -31,5 +34,4 @@ class Camera:
 
     def wanted_outputs(self) -> set[str]:
         """Pipeline outputs with at least one subscriber on this camera's topics."""
-        topics = {**OUTPUT_TOPICS, **PANOPTIC_TOPICS}
-        return {topics[t][0] for t, p in self.pubs.items() if p.get_subscription_count()}
+        return {_OUTPUT_OF_TOPIC[t] for t, p in self.pubs.items() if p.get_subscription_count()}

@@ -88,6 +88,11 @@ class NodeStats:
             span = self.stamps[-1] - self.stamps[0]
             return (len(self.stamps) - 1) / span if span > 0 else 0.0
 
+    def age_p95_ms(self) -> float | None:
+        """p95 of the recent frames' age at publication (None without stamped frames)."""
+        with self.lock:
+            return float(np.percentile(np.array(self.age_ms), 95)) if self.age_ms else None
+
     def window(self) -> dict[str, float]:
         """Counter increments since the previous call (and its duration ``seconds``)."""
         now = time.monotonic()
@@ -119,8 +124,6 @@ class NodeStats:
                 "latency_p95_ms": f"{np.percentile(lat, 95):.1f}",
                 "engine_p50_ms": f"{np.percentile(eng, 50):.1f}",
             }
-            if self.age_ms:
-                values["age_p95_ms"] = f"{np.percentile(np.array(self.age_ms), 95):.1f}"
             for reason, n in sorted(self.bad_reasons.items()):
                 values[f"bad_frames.{reason}"] = n
             if self.last_error:
@@ -244,7 +247,9 @@ def camera_status(
     """The status of one camera over the period since its previous status."""
     window = stats.window()
     values = stats.snapshot()
-    age = float(values["age_p95_ms"]) if "age_p95_ms" in values else None
+    age = stats.age_p95_ms()
+    if age is not None:
+        values["age_p95_ms"] = f"{age:.1f}"
     level, message = camera_level(
         window, thresholds=thresholds, age_p95_ms=age, deadline_ms=deadline_ms
     )

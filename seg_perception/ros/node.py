@@ -195,11 +195,10 @@ class SegNode(Node):
         """The newest frame of each camera: decode, one engine call, publish per camera."""
         t0 = time.perf_counter()
         deadline = self.cfg.max_frame_age_ms
-        frames = []  # (camera, msg, rgb, want, age_ms)
+        frames = []  # (camera, msg, rgb, want)
         for name, msg in items.items():
             cam = self.cameras[name]
-            age = self._age_ms(msg)
-            if deadline > 0 and age is not None and age > deadline:
+            if deadline > 0 and (self._age_ms(msg) or 0.0) > deadline:
                 cam.stats.count("dropped_deadline")
                 continue
             want = cam.wanted_outputs()
@@ -217,7 +216,7 @@ class SegNode(Node):
             except ImageDecodeError as exc:
                 self._count_bad(cam, exc)
                 continue
-            frames.append((cam, msg, rgb, want, age))
+            frames.append((cam, msg, rgb, want))
         if not frames:
             return {}
         t1 = time.perf_counter()
@@ -230,14 +229,15 @@ class SegNode(Node):
                 return {}
         self._engine_ok(self.semantic_health)
         timings = {}
-        for (cam, msg, rgb, want, _age), out in zip(frames, outs, strict=True):
+        for (cam, msg, rgb, want), out in zip(frames, outs, strict=True):
             ts = time.perf_counter()
             arrays = {k: getattr(out, k) for k in want & ALL_OUTPUTS}
             self._publish(cam, OUTPUT_TOPICS, arrays, msg.header)
             te = time.perf_counter()
-            age = self._age_ms(msg)
-            cam.stats.record_frame(
-                total_ms=(te - t0) * 1e3, engine_ms=out.timings_ms["engine"], age_ms=age
+            cam.stats.record_frame(  # age at publication, for the deadline check of diagnostics
+                total_ms=(te - t0) * 1e3,
+                engine_ms=out.timings_ms["engine"],
+                age_ms=self._age_ms(msg),
             )
             timings[cam.name] = {
                 "decode": (t1 - t0) * 1e3,

@@ -45,9 +45,7 @@ class LatestWorker:
         with self._cv:
             if key in self._slots:
                 self._on_replaced(key, self._slots[key])
-                self._slots[key] = item  # keeps its place in the round robin
-            else:
-                self._slots[key] = item
+            self._slots[key] = item  # a replaced key keeps its place in the round robin
             self._cv.notify()
 
     @property

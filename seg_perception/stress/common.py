@@ -37,6 +37,7 @@ def add_node_arguments(parser: Any, *, startup_help: str, out_help: str) -> None
     """The options fuzz and soak share: JSON output, node start-up time, engine cache, extra node
     parameters, log folder (``parser``: an ``argparse.ArgumentParser``)."""
     from seg_perception.cli_paths import OutputDir, OutputFile
+    from seg_perception.config import add_key_value_option
 
     parser.add_argument(
         "--json", default=None, action=OutputFile, help="also write the results as JSON here"
@@ -48,13 +49,8 @@ def add_node_arguments(parser: Any, *, startup_help: str, out_help: str) -> None
         action=OutputDir,
         help="engine cache folder (default: a temporary one)",
     )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra node parameters, e.g. --set backend=torch threads=1 (repeatable)",
+    add_key_value_option(
+        parser, "--set", help="extra node parameters, e.g. --set backend=torch threads=1"
     )
     parser.add_argument("--out", default=None, action=OutputDir, help=out_help)
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from seg_perception.cli_paths import ExistingFile, ExistingPath, OutputDir, check_path
+from seg_perception.config import add_key_value_option
 
 DTYPES = ("fp16", "bf16", "fp32")
 
@@ -28,13 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", action=ExistingFile, help="training recipe (config/train/*.yaml)"
     )
-    parser.add_argument(
+    add_key_value_option(
+        parser,
         "--set",
         dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
         help="override recipe keys, e.g. optim.lr=0.01 stages.0.length=10 (values are YAML)",
     )
     parser.add_argument("--out", action=OutputDir, help="run directory (overrides run.out_dir)")
