@@ -281,6 +281,27 @@ def test_weights_without_metadata_and_mismatches_name_the_file(tmp_path: Path) -
         build_model("gun", weights=str(bad))
 
 
+def test_metadata_asking_for_a_huge_net_is_refused_before_building(tmp_path: Path) -> None:
+    """An untrusted file's metadata may name any switches; the net is first built on the meta
+    device and checked against the file's header, so a million-channel ShelfNet (1.8 T
+    parameters, far beyond this machine's memory) is refused without being allocated."""
+    gun_file, _ = _export(tmp_path, "gun", NARROW["gun"])
+    sd = {
+        k: v.contiguous() for k, v in build_model("gun", weights=str(gun_file)).state_dict().items()
+    }
+    huge = {"num_classes": K, "reduced_channels": [1_000_000] * 4}
+    evil = tmp_path / "evil.safetensors"
+    save_file(sd, str(evil), metadata={"seg_perception.switches": json.dumps(huge)})
+    with pytest.raises(
+        ValueError, match=rf"{evil} does not fit ShelfNet: .*(shape mismatch|missing)"
+    ):
+        build_model("shelfnet", weights=str(evil))
+    # the same check passes for a file that matches its metadata
+    assert _shapes(build_model("gun", weights=str(gun_file))) == {
+        k: tuple(v.shape) for k, v in sd.items()
+    }
+
+
 @pytest.mark.parametrize("model", ["gun", "shelfnet"])
 def test_engines_build_the_narrow_net_from_the_file(tmp_path: Path, model: str) -> None:
     path, _ = _export(tmp_path, model, NARROW[model], boost=20.0)

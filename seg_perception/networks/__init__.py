@@ -61,12 +61,31 @@ def build_model(name: str, **switches: Any) -> nn.Module:
                 key,
                 value,
             )
+    if not stored:
+        return builder(**switches)
+    merged = {**stored, **switches}
     try:
-        return builder(**{**stored, **switches})
+        _check_shapes_first(builder, merged, name=name, weights=weights)
+        return builder(**merged)
     except TypeError as exc:  # a stored switch this builder does not take
-        if not stored:
-            raise
         raise ValueError(
             f"weights file {weights}: its stored switches {sorted(stored)} do not fit "
             f"{fn_name}: {exc}"
         ) from None
+
+
+def _check_shapes_first(builder: Any, switches: dict[str, Any], *, name: str, weights: str) -> None:
+    """Build the net on the ``meta`` device (no memory) and compare its shapes with the weights
+    file's header before the real build: switches read from an untrusted file's metadata (e.g.
+    ``reduced_channels`` of a million) must not allocate a net larger than the file itself."""
+    import torch
+
+    from seg_perception.networks.export import check_fits, stored_shapes
+
+    if not str(weights).endswith(".safetensors"):
+        return
+    arch = {k: v for k, v in switches.items() if "weights" not in k}
+    with torch.device("meta"):
+        probe = builder(**arch)
+    own = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    check_fits(own, stored_shapes(weights), path=weights, model_name=type(probe).__name__)

@@ -299,12 +299,39 @@ def load_weights(
     """
     sd = read_state_dict(path)
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
+    check_fits(
+        {k: tuple(v.shape) for k, v in own.items()},
+        {k: tuple(v.shape) for k, v in sd.items()},
+        path=path,
+        model_name=type(model).__name__,
+        ignore_unexpected=ignore_unexpected,
+    )
+    cast = {
+        k: (v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v)
+        for k, v in sd.items()
+        if k in own
+    }
+    model.load_state_dict(cast, strict=True)
+    return model
+
+
+def check_fits(
+    own: Mapping[str, tuple[int, ...]],
+    stored: Mapping[str, tuple[int, ...]],
+    *,
+    path: str | os.PathLike[str],
+    model_name: str,
+    ignore_unexpected: bool = False,
+) -> None:
+    """ValueError naming the file and the keys when the tensor shapes ``stored`` (a weights
+    file's) do not fit the network's shapes ``own``: wrong shapes, missing keys and (unless
+    ``ignore_unexpected``) unexpected keys."""
+    missing = sorted(k for k in own if k not in stored)
+    unexpected = sorted(k for k in stored if k not in own)
     wrong = [
-        f"{k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
+        f"{k}: expected {own[k]}, got {stored[k]}"
         for k in own
-        if k in sd and sd[k].shape != own[k].shape
+        if k in stored and stored[k] != own[k]
     ]
     problems = []
     if wrong:
@@ -314,16 +341,19 @@ def load_weights(
     if unexpected and not ignore_unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(_head(unexpected)))
     if problems:
-        raise ValueError(
-            f"weights file {path} does not fit {type(model).__name__}: " + " | ".join(problems)
-        )
-    cast = {
-        k: (v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v)
-        for k, v in sd.items()
-        if k in own
-    }
-    model.load_state_dict(cast, strict=True)
-    return model
+        raise ValueError(f"weights file {path} does not fit {model_name}: " + " | ".join(problems))
+
+
+def stored_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a ``.safetensors`` file, read from its header only (no tensor
+    data is loaded). Unreadable files are a ValueError naming the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as e:
+        raise ValueError(f"cannot read weights file {path}: {describe_load_error(e)}") from e
 
 
 def _head(items: list[str], n: int = 8) -> list[str]:
