@@ -2,6 +2,16 @@
 
 import torch
 
+#: the ASP model's training loss terms (torchvision Mask R-CNN's five + the semantic head's)
+ASP_LOSSES = {
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+    "loss_segm",
+}
+
 
 def two_object_targets(sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
     """Per image of size (h, w): a car-like and a person-like box with their masks, and a

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from asp_targets import check_inference_outputs, two_object_targets
+from asp_targets import ASP_LOSSES, check_inference_outputs, two_object_targets
 from torch import nn
 
 from seg_perception.labels import CITYSCAPES
@@ -107,15 +107,7 @@ def train_step(model: PanopticASP) -> dict:
 
 def test_training_losses_and_grads(train_step: dict) -> None:
     losses = train_step["losses"]
-    expected = {
-        "loss_classifier",
-        "loss_box_reg",
-        "loss_mask",
-        "loss_objectness",
-        "loss_rpn_box_reg",
-        "loss_segm",
-    }
-    assert set(losses) == expected
+    assert set(losses) == ASP_LOSSES
     for name, value in losses.items():
         assert value.ndim == 0 and torch.isfinite(value), name
     # 19 classes, random init: the cross-entropy is near log(19), far from 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from asp_targets import check_inference_outputs, two_object_targets
+from asp_targets import ASP_LOSSES, check_inference_outputs, two_object_targets
 from torch import nn
 
 from seg_perception.labels import CITYSCAPES
@@ -46,14 +46,6 @@ TINY = {
     "head_channels": 64,
 }
 THINGS = set(CITYSCAPES.thing_train_ids)
-LOSSES = {
-    "loss_classifier",
-    "loss_box_reg",
-    "loss_mask",
-    "loss_objectness",
-    "loss_rpn_box_reg",
-    "loss_segm",
-}
 
 
 def _image(seed: int, h: int = H, w: int = W) -> torch.Tensor:
@@ -160,7 +152,7 @@ def test_tiny_training_step(tiny: PanopticASP) -> None:
         tiny.eval()
         tiny.zero_grad(set_to_none=True)
         tiny.load_state_dict(saved)
-    assert set(losses) == LOSSES
+    assert set(losses) == ASP_LOSSES
     for name, value in losses.items():
         assert value.ndim == 0 and torch.isfinite(value) and value.item() >= 0, name
     assert 1.0 < losses["loss_segm"].item() < 10.0  # ~log(19) at random init
