@@ -104,6 +104,7 @@ class SegNode(Node):
         self.create_timer(self.cfg.diagnostics_period_s, self.publish_diagnostics)
         self.reloader = EngineReloader(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(lambda _params: self.reloader.start_pending())
 
         self._worker = LatestWorker(
             "seg_worker",

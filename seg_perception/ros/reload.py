@@ -44,12 +44,13 @@ class EngineReloader:
     def __init__(self, node: SegNode) -> None:
         self._node = node
         self._thread: threading.Thread | None = None
+        self._pending: tuple[cfgmod.SegConfig, dict[str, Any]] | None = None
         self._reverting = False
         self.reloads = 0  # successful reloads
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._pending is not None or (self._thread is not None and self._thread.is_alive())
 
     def request(self, changes: dict[str, Any]) -> str | None:
         """Check a parameter change; start the reload. Returns None (accepted) or the reason
@@ -75,12 +76,21 @@ class EngineReloader:
             return f"weights: file {weights} not found; keeping engine {node.pipeline.engine.name}"
         if all(new.get(k) == node.cfg.get(k) for k in RELOADABLE):
             return None
-        old = {k: node.cfg.get(k) for k in changes}
+        self._pending = (new, {k: node.cfg.get(k) for k in changes})
+        return None
+
+    def start_pending(self) -> None:
+        """Start the accepted reload. Called from the node's post-set-parameters callback: rclpy
+        stores the new values only after the on-set callback returned, so a build that fails at
+        once must not put the old values back before that (they would be overwritten)."""
+        if self._pending is None or self._reverting:  # reverting: the failed reload's own call
+            return
+        new, old = self._pending
         self._thread = threading.Thread(
             target=self._reload, args=(new, old), name="seg_reload", daemon=True
         )
         self._thread.start()
-        return None
+        self._pending = None
 
     def _reload(self, new: cfgmod.SegConfig, old: dict[str, Any]) -> None:
         from seg_perception.engines import create_semantic_engine
