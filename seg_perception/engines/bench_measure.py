@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "CEILING_SHAPE",
+    "NUM_CLASSES",
     "CeilingConv",
     "ceiling_gflops",
     "count_gflops",
@@ -77,13 +78,11 @@ def ceiling_gflops(runs: int = 5) -> float:
 
 def miou(pred: np.ndarray, ref: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
     """Mean IoU of ``pred`` against ``ref`` over the classes present in either (255 ignored)."""
-    keep = ref != 255
-    p, r = pred[keep].astype(np.int64), ref[keep].astype(np.int64)
-    conf = np.bincount(r * num_classes + p, minlength=num_classes**2).reshape(num_classes, -1)
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+    from seg_perception.metrics import SemanticMetrics
+
+    metrics = SemanticMetrics(num_classes, labels=None)
+    metrics.update(pred, ref)
+    return metrics.compute()["miou"]
 
 
 def count_gflops(module_fn: Callable[[], Any], hw: tuple[int, int]) -> float:
