@@ -7,6 +7,9 @@
 * ``node``: per-frame cost of each node stage at camera 1024x2048 / network 512x1024, measured on
   the node's own processing path (decode, pre-process, engine, post-process, colourise, publish)
   with a real subscriber on every output, and ``overhead_ratio`` = (all but engine) / engine.
+
+Every benchmark prints the machine above its table and writes it into its JSON under
+``"machine"`` (:func:`seg_perception.machine.machine_record`): CPU, cores, features, versions.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from seg_perception.cli_paths import OutputFile
 from seg_perception.config import parse_hw
+from seg_perception.machine import machine_header, machine_record
 
 NODE_STAGES = ("decode", "preprocess", "engine", "postprocess", "colorize", "publish")
 
@@ -45,15 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fusion.add_argument("--size", default="1024x2048", help="frame HxW (default 1024x2048)")
     fusion.add_argument(
         "--json", default=None, action=OutputFile, help="also write the results as JSON here"
-    )
-
-
-def machine_line() -> str:
-    import torch
-
-    return (
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
     )
 
 
@@ -103,14 +97,15 @@ def bench_node(frames: int, camera_hw: tuple[int, int], network_hw: tuple[int, i
         "p95_ms": {s: float(np.percentile([r[s] for r in rows], 95)) for s in NODE_STAGES},
         "overhead_ms": overhead,
         "overhead_ratio": overhead / med["engine"],
-        "machine": machine_line(),
+        "machine": machine_record(),
     }
 
 
 def print_node_table(result: dict) -> None:
+    print(machine_header())
     print(
         f"node stages, camera {result['camera_hw']}, network {result['network_hw']}, "
-        f"{result['frames']} frames ({result['machine']})"
+        f"{result['frames']} frames"
     )
     print(f"| {'stage':<12} | {'median ms':>9} | {'p95 ms':>8} |")
     print(f"|{'-' * 14}|{'-' * 11}|{'-' * 10}|")
@@ -134,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
         h, w = parse_hw(args.size)
         counts = tuple(int(c) for c in args.counts.split(","))
         result = run_fusion_bench(counts, frames=args.frames, height=h, width=w)
-        result["machine"] = machine_line()
         print_fusion_table(result)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown benchmark {args.what!r}")

@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "seg_perception.ros.play_cli",
         "publish a bag's messages over DDS at the recorded timing",
     ),
+    "info": (
+        "seg_perception.info_cli",
+        "this machine (CPU features, CUDA), versions, ROS/DDS setup and the choices made here",
+    ),
     "params": (
         "seg_perception.params_cli",
         "list the node parameters with defaults and descriptions",

@@ -122,9 +122,12 @@ def test_int8_keeps_narrow_first_convolutions_fp32() -> None:
     assert stem == ["cast", "narrow_first", "pool"]  # 3 -> 64 and inner 16 -> 16 stay int8
     assert head == ["argmax", "classifier"]
     # the rule is part of the int8 cache key: a model quantised under other rules is rebuilt
-    settings = quantization_settings(per_channel=True, method="minmax")
+    settings = quantization_settings(per_channel=True, method="minmax", mode="u8s8")
     assert settings["first_conv_fp32_below"] == NARROW_OUT_CHANNELS
     assert settings["revision"] >= 2
+    # so is the mode: an int8 model made for a CPU without VNNI (7-bit weights) is another model
+    reduced = quantization_settings(per_channel=True, method="minmax", mode="u8s8_reduce_range")
+    assert reduced["reduce_range"] and not settings["reduce_range"] and reduced != settings
 
 
 # ------------------------------------------------------------------------------ GUN graph form

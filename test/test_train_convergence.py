@@ -39,7 +39,7 @@ def test_asp_model_losses_finite_and_decreasing(tmp_path: Path) -> None:
         augment={},
         loss={},
         stages=[{"dataset": "train", "length": 20}],
-        optim={"lr": 0.01, "grad_clip": 10.0},
+        optim={"lr": 0.01, "grad_clip": 10.0, "amp": False},  # fp32 on every machine
         schedule={"policy": "constant"},
     )
     doc["data"]["train"]["train"].update(frames=2, height=64, width=128, cache=True)
@@ -97,7 +97,9 @@ OVERFIT: dict[str, Any] = {
         "batch_size": 2,
     },
     "loss": {"ohem": True},
-    "optim": {"lr": 0.05, "weight_decay": 0.0},
+    # fp32 on every machine: the thresholds below were set in fp32, and optim.amp's default
+    # (auto) would follow the CPU's bf16 hardware
+    "optim": {"lr": 0.05, "weight_decay": 0.0, "amp": False},
     "schedule": {"policy": "poly"},
     "stages": [{"name": "overfit", "dataset": "train", "length": 300}],
     "run": {"checkpoint_every": 0, "progress": False, "tensorboard": False, "threads": 2},

@@ -220,6 +220,7 @@ def test_grad_clip_and_frozen_bn(tmp_path: Path) -> None:
             "weight_decay": 0.0,
             "freeze_bn": True,
             "freeze_bn_prefix": "trunk",
+            "amp": False,  # fp32 on every machine (auto follows the CPU)
         },
     )
     trainer = Trainer(parse_recipe(doc))
@@ -300,6 +301,60 @@ def test_bf16_autocast_step_on_cpu(tmp_path: Path) -> None:
     doc["optim"]["amp"] = True
     result = Trainer(parse_recipe(doc)).run()
     assert result.iterations == 1 and torch.isfinite(torch.tensor(result.losses[0][1]))
+
+
+def test_amp_setting_parses_auto_true_false(tmp_path: Path) -> None:
+    assert parse_recipe(tiny_recipe(tmp_path)).optim.amp is False  # the tests pin fp32
+    doc = tiny_recipe(tmp_path)
+    del doc["optim"]["amp"]
+    assert parse_recipe(doc).optim.amp == "auto"  # the default follows the machine
+    for value in ("auto", True, False):
+        assert parse_recipe(tiny_recipe(tmp_path, optim__amp=value)).optim.amp == value
+    r = load_recipe(_write(tmp_path, tiny_recipe(tmp_path)), ["optim.amp=auto"])
+    assert r.optim.amp == "auto"
+    for bad in ("yes", "bf16", 1, None):
+        with pytest.raises(ConfigError, match=r"'optim.amp' must be one of auto, true, false"):
+            parse_recipe(tiny_recipe(tmp_path, optim__amp=bad))
+    for path in RECIPES:  # the shipped recipes leave the choice to the machine
+        assert load_recipe(path).optim.amp == "auto", path.name
+
+
+@pytest.mark.parametrize(
+    ("features", "dtype"),
+    [({"avx2", "fma"}, None), ({"avx2", "fma", "avx512f", "avx512_bf16"}, "bf16")],
+    ids=["avx2_only", "avx512_bf16"],
+)
+def test_amp_auto_follows_the_cpu(tmp_path: Path, features, dtype) -> None:
+    recipe = parse_recipe(tiny_recipe(tmp_path, optim__amp="auto"))
+    trainer = Trainer(recipe, cpu_features=features)  # fake CPUs: the choice is pure
+    assert trainer.amp.value == dtype
+    with trainer._autocast():
+        assert torch.is_autocast_enabled("cpu") == (dtype is not None)
+        if dtype is not None:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_amp_true_without_bf16_hardware_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An AVX2-only CPU (faked): explicit ``amp: true`` runs bf16 as asked and warns once per
+    run, naming the measured cost; the choice and its reason are logged at the start."""
+    doc = tiny_recipe(
+        tmp_path,
+        model={"name": "shelfnet"},
+        stages=[{"dataset": "train", "length": 2}],
+        optim__amp=True,
+    )
+    doc["run"].update(checkpoint_every=0, log_every=1)
+    with caplog.at_level("INFO", logger="seg_perception.train"):
+        result = Trainer(parse_recipe(doc), cpu_features={"avx2", "fma"}).run()
+    assert result.iterations == 2
+    ours = [r for r in caplog.records if r.name == "seg_perception.train"]
+    warnings = [r.getMessage() for r in ours if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "lacks AVX512-BF16" in warnings[0] and "5.3 s vs 1.2 s" in warnings[0]
+    infos = [r.getMessage() for r in ours if r.getMessage().startswith("autocast:")]
+    assert infos == ["autocast: bf16 (optim.amp is true)"]
 
 
 def test_ground_truth_panoptic_ids() -> None:

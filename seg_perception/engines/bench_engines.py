@@ -6,11 +6,12 @@
    ceiling of its own group: the machine is shared, and interleaving makes load from other
    processes hit the ceiling and the engines alike. ``min_ms`` is the least-disturbed call.
 2. GUN, ShelfNet-18 and ShelfNet-50 at 512x1024 through each available backend and precision
-   (torch fp32 / bf16, onnxruntime fp32 / int8; TensorRT where present): latency p50 / p95 over
-   ``--runs`` calls after warm-up, GFLOPs (convolutions and matrix products, 2 per MAC, counted
-   by ``torch.utils.flop_counter`` on the meta device), achieved GFLOP/s and ceiling_ratio =
-   achieved / ceiling. Reduced precisions are compared with fp32 on synthetic val frames: pixel
-   agreement and mIoU of their class ids against the fp32 class ids.
+   (torch fp32 / bf16 where the CPU has bf16 hardware, onnxruntime fp32 / int8 in this CPU's
+   int8 mode; TensorRT where present): latency p50 / p95 over ``--runs`` calls after warm-up,
+   GFLOPs (convolutions and matrix products, 2 per MAC, counted by ``torch.utils.flop_counter``
+   on the meta device), achieved GFLOP/s and ceiling_ratio = achieved / ceiling. Reduced
+   precisions are compared with fp32 on synthetic val frames: pixel agreement and mIoU of their
+   class ids against the fp32 class ids.
 3. Peers, through onnxruntime fp32 with the same export form (uint8 in, ids + confidence out):
    torchvision ``lraspp_mobilenet_v3_large`` and ``deeplabv3_resnet50`` (random weights),
    ``--peer-runs`` timed calls (fewer: deeplabv3 is ~650 GFLOP per frame).
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,13 @@ from seg_perception.engines.bench_measure import (
     round_robin,
 )
 from seg_perception.engines.cache import default_cache_dir
+from seg_perception.machine import (
+    choose_int8_mode,
+    detect,
+    has_bf16,
+    machine_header,
+    machine_record,
+)
 
 __all__ = [
     "MODELS",
@@ -171,10 +178,8 @@ def _row(
 
 
 def _variants() -> list[tuple[str, str]]:
-    from seg_perception.engines.torch_backend import cpu_has_native_bf16
-
     out = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
-    if cpu_has_native_bf16():
+    if has_bf16(detect().features):  # the torch backend refuses emulated bf16
         out.insert(1, ("torch", "bf16"))
     from seg_perception.engines.tensorrt_backend import tensorrt_available
 
@@ -348,8 +353,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         best = min(gun_fp32, key=lambda r: r["p50_ms"])["backend"]
         batch4 = _bench_batch4(best, args, ctx)
     return {
-        "machine": f"{platform.processor() or platform.machine()}, {threads} threads, torch "
-        f"{torch.__version__}",
+        "machine": machine_record(),
+        "threads": threads,
+        "int8_mode": choose_int8_mode("auto", detect().features, detect().architecture).value,
         "input_hw": list(hw),
         "ceiling_gflops": round(float(np.median(ctx["ceilings"])), 1),
         "batch4_speedup": batch4.get("speedup"),
@@ -360,7 +366,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     hw = result["input_hw"]
-    print(f"engines at {hw[0]}x{hw[1]}, batch 1 ({result['machine']})")
+    print(machine_header())
+    print(
+        f"engines at {hw[0]}x{hw[1]}, batch 1, {result['threads']} threads, int8 mode "
+        f"{result['int8_mode']}"
+    )
     print(f"ceiling: fp32 3x3 conv {CEILING_SHAPE} NHWC = {result['ceiling_gflops']} GFLOP/s")
     cols = [
         "model",

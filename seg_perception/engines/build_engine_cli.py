@@ -47,6 +47,7 @@ from seg_perception.engines.tensorrt_backend import (
     require_tensorrt,
     trt_dims,
 )
+from seg_perception.machine import INT8_MODES
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -237,6 +238,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="int8 calibration images: a folder, a bag (.mcap/.db3/bag folder) or 'synthetic'",
     )
     parser.add_argument("--calib-topic", default=None, help="camera topic of the --calib bag")
+    parser.add_argument(
+        "--int8-mode",
+        default="auto",
+        choices=("auto", *INT8_MODES),
+        help="onnxruntime int8: auto (follow this CPU), u8s8 (CPUs with VNNI) or "
+        "u8s8_reduce_range (7-bit weights, for x86 CPUs without VNNI); default auto",
+    )
     parser.add_argument("--calib-count", type=int, default=64, help="calibration images (64)")
     parser.add_argument(
         "--max-batch", type=int, default=1, help="most cameras per call (profile 1..N)"
@@ -279,7 +287,7 @@ def _build(args: argparse.Namespace) -> Path:
             return onnx_path  # already a QDQ model
         from seg_perception.engines.factory import ensure_int8_onnx
 
-        return ensure_int8_onnx(onnx_path, cache_dir=cache, images=images)
+        return ensure_int8_onnx(onnx_path, cache_dir=cache, images=images, mode=args.int8_mode)
     return load_or_build(
         onnx_path,
         cache_dir=cache,

@@ -5,8 +5,9 @@
   use into the cache directory under a key made of the weights file's content hash, the model and
   its switches, input size and class count (:func:`ensure_onnx`): new weights give a new export,
   the same weights reuse it. int8 for onnxruntime quantises that export (:func:`ensure_int8_onnx`,
-  keyed by the source hash, calibration data hash and settings); TensorRT engines are built and
-  cached by :func:`~seg_perception.engines.build_engine_cli.load_or_build`.
+  keyed by the source hash, calibration data hash and settings, the int8 mode of this kind of CPU
+  included); TensorRT engines are built and cached by
+  :func:`~seg_perception.engines.build_engine_cli.load_or_build`.
 
 Without a weights file the network gets seeded random weights (``torch.manual_seed(0)``) only
 with ``allow_random_weights=True`` (demos and tests), as ``create_semantic_engine`` does.
@@ -31,6 +32,7 @@ from seg_perception.engines.cache import (
     sha256_file,
     verify,
 )
+from seg_perception.machine import INT8_MODES, choose_int8_mode, detect
 
 __all__ = [
     "BACKENDS",
@@ -77,7 +79,8 @@ def _weights_path(
         return Path(weights)
     if allow_random_weights:
         what = "no weights file given" if weights is None else f"{weights} not found"
-        log.warning("RANDOM WEIGHTS: %s (allow_random_weights is true)", what)
+        # debug only: the callers report it once (resolve_weights' note, the bench tables)
+        log.debug("random weights: %s (allow_random_weights is true)", what)
         return None
     if weights is None:
         raise EngineError(
@@ -161,8 +164,9 @@ def ensure_onnx(
     path = cache_dir / "onnx" / f"{model}-{h}x{w}-{key_digest(key, 16)}.onnx"
     reason = verify(path, key)
     if reason is None:
+        log.info("%s ONNX from the cache: %s", model, path)
         return path
-    log.info("exporting ONNX: %s", reason)
+    log.info("exporting %s to ONNX (first start with these weights; cached): %s", model, reason)
     module = _export_module(
         kind, model, num_classes=num_classes, input_hw=input_hw, weights=weights, switches=switches
     )
@@ -198,25 +202,39 @@ def ensure_int8_onnx(
     images: Sequence[np.ndarray],
     per_channel: bool = True,
     method: str = "minmax",
+    mode: str = "auto",
 ) -> Path:
-    """The cached QDQ int8 version of ``fp32_onnx`` for these calibration ``images``."""
+    """The cached QDQ int8 version of ``fp32_onnx`` for these calibration ``images``.
+
+    ``mode``: ``auto`` (follow this CPU: :func:`seg_perception.machine.choose_int8_mode`) or one
+    of :data:`seg_perception.machine.INT8_MODES`; the mode is part of the cache key.
+    """
     import onnxruntime as ort
 
     from seg_perception.engines.calibration import batches_sha256
     from seg_perception.engines.quantize import quantization_settings, quantize_int8
 
+    machine = detect()
+    try:
+        choice = choose_int8_mode(mode, machine.features, machine.architecture)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    concrete = str(choice.value)
     key = {
         "source_sha256": sha256_file(fp32_onnx),
         "calib_sha256": batches_sha256(images),
-        "settings": quantization_settings(per_channel=per_channel, method=method),
+        "settings": quantization_settings(per_channel=per_channel, method=method, mode=concrete),
         "onnxruntime": ort.__version__,
     }
     path = cache_dir / "onnx" / f"{fp32_onnx.stem}-int8-{key_digest(key, 16)}.onnx"
     reason = verify(path, key)
     if reason is None:
+        log.info("int8 model %s: %s", path.name, choice.reason)
         return path
-    log.info("quantising to int8: %s", reason)
-    quantize_int8(fp32_onnx, path, images=images, per_channel=per_channel, method=method)
+    log.info("quantising to int8 (%s): %s", choice.reason, reason)
+    quantize_int8(
+        fp32_onnx, path, images=images, per_channel=per_channel, method=method, mode=concrete
+    )
     record(path, key)
     return path
 
@@ -242,6 +260,7 @@ def create_engine(
     calib: str | os.PathLike[str] | None = None,
     calib_topic: str | None = None,
     calib_count: int = 16,
+    int8_mode: str = "auto",
     name: str | None = None,
 ) -> Engine:
     """Create an engine; every problem is an :class:`EngineError` naming the file / parameter.
@@ -266,6 +285,8 @@ def create_engine(
         graph_optimization: onnxruntime graph optimisation level.
         calib, calib_topic, calib_count: int8 calibration images: a folder, a bag (+ camera
             topic) or ``None``/``"synthetic"`` for the synthetic street scenes.
+        int8_mode: how onnxruntime int8 is quantised: ``auto`` (follow this CPU), ``u8s8`` or
+            ``u8s8_reduce_range`` (7-bit weights, for x86 CPUs without VNNI).
     """
     if kind not in KINDS:
         raise EngineError(f"engine kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -279,6 +300,8 @@ def create_engine(
         raise EngineError(f"parameter 'precision': {precision!r}; valid: {', '.join(PRECISIONS)}")
     if max_batch < 1:
         raise EngineError(f"parameter 'max_batch' must be >= 1, got {max_batch}")
+    if int8_mode != "auto" and int8_mode not in INT8_MODES:
+        raise EngineError(f"int8 mode {int8_mode!r}; valid: auto, {', '.join(INT8_MODES)}")
     switches = dict(model_switches or {})
     input_hw = (int(input_hw[0]), int(input_hw[1]))
     outputs = _output_names(kind)
@@ -343,7 +366,9 @@ def create_engine(
         from seg_perception.engines.tensorrt_backend import is_qdq_model
 
         if precision == "int8" and not is_qdq_model(onnx_path):
-            onnx_path = ensure_int8_onnx(onnx_path, cache_dir=cache, images=images())
+            onnx_path = ensure_int8_onnx(
+                onnx_path, cache_dir=cache, images=images(), mode=int8_mode
+            )
         return OnnxEngine(
             onnx_path,
             providers=parse_providers(providers),

@@ -1,9 +1,25 @@
 """CPU int8: onnxruntime static quantisation of an fp32 export into a QDQ model.
 
-QDQ format with per-channel int8 weights and uint8 activations: the onnxruntime guidance for
-x86 CPUs with VNNI ("Use activation_type=QuantType.QUInt8 and weight_type=QuantType.QInt8 with
-reduce_range=False", ``quantize_static`` docstring); this CPU has AVX512-VNNI. ORT fuses the
-DQ -> Conv -> Q patterns into integer convolutions at session start.
+QDQ format with per-channel int8 weights and uint8 activations, in one of two modes
+(:data:`seg_perception.machine.INT8_MODES`, chosen for the machine by
+:func:`seg_perception.machine.choose_int8_mode`), as onnxruntime's ``quantize_static`` docstring
+advises:
+
+* ``u8s8`` for x86 CPUs with VNNI (AVX512-VNNI / AVX-VNNI / AMX) and other architectures: "Use
+  activation_type=QuantType.QUInt8 and weight_type=QuantType.QInt8 with reduce_range=False";
+* ``u8s8_reduce_range`` for x86 CPUs without VNNI (e.g. AVX2-only Zen 3): "set
+  ``reduce_range=True``. The ``reduce_range`` flag quantizes weights to 7-bit to reduce the risk
+  of integer saturation on CPUs that typically lack the VNNI dot-product instruction; this is
+  particularly helpful for per-channel weight quantization." ORT's u8s8 kernels there sum pairs
+  of uint8 x int8 products with VPMADDUBSW into saturating 16-bit lanes: 2 x 255 x 128 = 65280
+  overflows them, 2 x 255 x 64 = 32640 (7-bit weights) does not, so the 7-bit model computes the
+  same integers with or without VNNI. Class-id agreement with fp32 (test_engines, 64x128):
+  ShelfNet-18 0.958 with 8-bit weights on an AVX2-only Zen 3; on a Zen 5 with VNNI ShelfNet-18
+  0.994 (u8s8) / 0.992 (u8s8_reduce_range), GUN 0.999 / 0.998.
+
+The mode is part of the int8 cache key (:func:`quantization_settings`): a model quantised for
+one kind of CPU is not reused on the other. ORT fuses the DQ -> Conv -> Q patterns into integer
+convolutions at session start.
 
 Kept fp32 (:func:`excluded_nodes`): head and stem (< 1 % of the FLOPs), narrow first convolutions
 (GUN: 4 %):
@@ -38,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from seg_perception.atomic import atomic_path
+from seg_perception.machine import INT8_MODES
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -60,18 +77,22 @@ _HEAD_OPS = {"ArgMax", "Softmax", "ReduceMax", "TopK"}
 _COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
-def quantization_settings(*, per_channel: bool, method: str) -> dict[str, Any]:
+def quantization_settings(*, per_channel: bool, method: str, mode: str) -> dict[str, Any]:
     """The settings that, with the source model and calibration data, define an int8 model
-    (part of its cache key)."""
+    (part of its cache key). ``mode``: one of :data:`~seg_perception.machine.INT8_MODES`."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(
             f"int8 calibration method {method!r}; valid: {', '.join(CALIBRATION_METHODS)}"
         )
+    if mode not in INT8_MODES:
+        raise ValueError(f"int8 mode {mode!r}; valid: {', '.join(INT8_MODES)}")
     return {
         "format": "QDQ",
         "per_channel": bool(per_channel),
         "activations": "uint8",
         "weights": "int8",
+        "mode": mode,
+        "reduce_range": mode == "u8s8_reduce_range",
         "method": method,
         "stem_head_fp32": True,
         "first_conv_fp32_below": NARROW_OUT_CHANNELS,
@@ -197,11 +218,13 @@ def quantize_int8(
     images: Iterable[np.ndarray],
     per_channel: bool = True,
     method: str = "minmax",
+    mode: str = "u8s8",
 ) -> Path:
     """Quantise the fp32 ONNX ``src`` into the QDQ int8 model ``dst`` (written atomically).
 
     ``images``: calibration images ``(H, W, 3)`` uint8 at the model's input size (each is run
-    as a batch of one).
+    as a batch of one). ``mode``: ``u8s8`` or ``u8s8_reduce_range`` (7-bit weights, for x86
+    CPUs without VNNI; see the module docstring).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -213,7 +236,7 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantization_settings(per_channel=per_channel, method=method)  # validates ``method``
+    settings = quantization_settings(per_channel=per_channel, method=method, mode=mode)
     src = Path(src)
     batches = [np.ascontiguousarray(img)[None] for img in images]
     if not batches:
@@ -246,7 +269,7 @@ def quantize_int8(
                 Reader(model.graph.input[0].name, batches),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
-                reduce_range=False,
+                reduce_range=settings["reduce_range"],
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calib,
@@ -261,5 +284,7 @@ def quantize_int8(
                 p for p in source_props if p.key not in {q.key for q in quantised.metadata_props}
             )
             onnx.save(quantised, str(out))
-    log.info("int8 model %s: %d stem and %d head nodes kept fp32", dst, len(stem), len(head))
+    log.info(
+        "int8 model %s (%s): %d stem and %d head nodes kept fp32", dst, mode, len(stem), len(head)
+    )
     return Path(dst)

@@ -2,15 +2,15 @@
 
 ``torch.inference_mode``, channels-last weights (the uint8 NHWC input permuted to NCHW is already
 channels-last in memory, so oneDNN / cuDNN run NHWC kernels without a layout change), optional
-autocast: ``bf16`` on CPU (oneDNN uses AVX512-BF16 / AMX where the CPU has them) and ``fp16`` or
-``bf16`` on CUDA. Floating outputs are returned as float32 whatever the compute precision.
+autocast: ``bf16`` on CPU (oneDNN uses AVX512-BF16 / AMX; refused on CPUs without them, see
+:func:`seg_perception.machine.cpu_bf16_refusal`) and ``fp16`` or ``bf16`` on CUDA. Floating
+outputs are returned as float32 whatever the compute precision.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,30 +24,11 @@ from seg_perception.engines.base import (
     WarmupMixin,
     check_images,
 )
+from seg_perception.machine import cpu_bf16_refusal, detect, has_bf16
 
-__all__ = ["TORCH_PRECISIONS", "TorchEngine", "cpu_flags", "cpu_has_native_bf16"]
+__all__ = ["TORCH_PRECISIONS", "TorchEngine"]
 
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 dot products natively (AVX512-BF16 or AMX-BF16) and
-    oneDNN's bf16 path is enabled in this torch build."""
-    flags = cpu_flags()
-    native = bool({"avx512_bf16", "amx_bf16"} & flags)
-    return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class TorchEngine(WarmupMixin):
@@ -61,7 +42,9 @@ class TorchEngine(WarmupMixin):
         device: ``"cpu"`` or ``"cuda[:N]"``.
         threads: CPU threads (``torch.set_num_threads``; 0 keeps the library default).
         name: engine name used in messages.
-        precision: ``"fp32"``, ``"bf16"`` (CPU with native bf16, or CUDA) or ``"fp16"`` (CUDA).
+        precision: ``"fp32"``, ``"bf16"`` (CUDA, or a CPU with AVX512-BF16 / AMX-BF16: refused
+            on other CPUs, where it is emulated, slower than fp32 and less exact) or ``"fp16"``
+            (CUDA).
         channels_last: convert 4-d weights to channels-last memory format.
         max_batch: the most images one ``infer`` call takes.
         output_names: names of the module's outputs (semantic: ``class_ids``, ``confidence``).
@@ -95,15 +78,16 @@ class TorchEngine(WarmupMixin):
                 f" valid: {', '.join(TORCH_PRECISIONS)} (int8 runs through onnxruntime/tensorrt)"
             )
         if precision == "fp16" and self.device.type != "cuda":
+            instead = "bf16 or fp32" if has_bf16(detect().features) else "fp32"
             raise EngineError(
                 f"engine {name}: precision fp16 needs a CUDA device (device is {device!r}); "
-                f"use bf16 on CPU"
+                f"use {instead} on this CPU"
             )
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
-            raise EngineError(
-                f"engine {name}: precision bf16 on CPU needs AVX512-BF16 or AMX-BF16, which this "
-                f"CPU lacks (flags checked in /proc/cpuinfo); use fp32"
-            )
+        if precision == "bf16" and self.device.type == "cpu":
+            machine = detect()
+            refusal = cpu_bf16_refusal(machine.features, machine.cpu_model)
+            if refusal:
+                raise EngineError(f"engine {name}: {refusal}")
         if max_batch < 1:
             raise EngineError(f"engine {name}: max_batch must be >= 1, got {max_batch}")
         if threads > 0:

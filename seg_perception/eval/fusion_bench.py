@@ -23,6 +23,7 @@ import numpy as np
 
 from seg_perception.fusion import fuse_baseline, fuse_heuristic
 from seg_perception.labels import CITYSCAPES, IGNORE_ID, PANOPTIC_DIVISOR, LabelTable
+from seg_perception.machine import machine_header, machine_record
 from seg_perception.metrics import PanopticQuality, SemanticMetrics
 from seg_perception.panoptic import Instances, encode_panoptic, mask_bounds, paste_masks
 
@@ -173,6 +174,7 @@ def run_fusion_bench(
         "instances": {},
         "frames": frames,
         "size": [height, width],
+        "machine": machine_record(),
     }
     for n in counts:
         sem_m = {k: SemanticMetrics(labels=CITYSCAPES) for k in ("raw", "baseline", "fusion")}
@@ -209,6 +211,7 @@ def run_fusion_bench(
 
 
 def print_fusion_table(r: dict) -> None:
+    print(machine_header())
     print(
         f"fusion at {r['size'][0]}x{r['size'][1]}, {r['frames']} frames per count "
         "(median time per frame; mIoU / PQ in %)"

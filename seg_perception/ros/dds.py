@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 PROFILE = "config/fastdds_large_images.xml"
+DEFAULT_RMW = "rmw_fastrtps_cpp"
 _PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+_SHIPPED = "the shipped large-image profile"
+
+
+def dds_profile(env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The Fast DDS profile file a process started with ``env`` runs with (``None``: none), and
+    why. Reads ``env`` only; :func:`large_image_transport` applies the answer."""
+    rmw = env.get("RMW_IMPLEMENTATION") or DEFAULT_RMW
+    if rmw != DEFAULT_RMW:
+        return None, f"the RMW is {rmw}, not Fast DDS"
+    for var in _PROFILE_VARS:
+        if env.get(var):
+            return env[var], f"configured in {var}"
+    if env.get("SEG_PERCEPTION_DDS_PROFILE", "1") == "0":
+        return None, "SEG_PERCEPTION_DDS_PROFILE=0 (Fast DDS defaults)"
+    from seg_perception.config import ConfigError, find_data_file
+
+    try:
+        return str(find_data_file(PROFILE)), _SHIPPED
+    except ConfigError:
+        return None, f"{PROFILE} not found (Fast DDS defaults)"
 
 
 def large_image_transport(env: MutableMapping[str, str] | None = None) -> str | None:
@@ -16,18 +37,9 @@ def large_image_transport(env: MutableMapping[str, str] | None = None) -> str | 
     Nothing changes when another RMW is selected, when a Fast DDS profile is already configured,
     or with ``SEG_PERCEPTION_DDS_PROFILE=0``. Returns the profile path set, else None.
     """
-    from seg_perception.config import ConfigError, find_data_file
-
     env = os.environ if env is None else env
-    if env.get("SEG_PERCEPTION_DDS_PROFILE", "1") == "0":
-        return None
-    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
-        return None
-    if any(env.get(v) for v in _PROFILE_VARS):
-        return None
-    try:
-        path = str(find_data_file(PROFILE))
-    except ConfigError:
+    path, why = dds_profile(env)
+    if path is None or why != _SHIPPED:
         return None
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = path
     return path

@@ -11,7 +11,8 @@ Reported: the node's RSS (``VmRSS`` of /proc/<pid>/status) at the start, after t
 this machine) as p50/p95/p99; drop ratio per camera = 1 - answered / sent (the node keeps only the
 newest frame of each camera, so a slow engine drops, it never queues). Each camera also reports the
 node's own counters and ``lost_before_node``: frames sent that never reached the node's
-subscription callback (best-effort DDS or its reader queue), which the node cannot count.
+subscription callback (best-effort DDS or its reader queue), which the node cannot count. The
+machine (CPU, cores, features, library versions) is printed first and written under ``"machine"``.
 
 Goal (meant for ``--minutes 10``): RSS growth after the warm-up <= 2 %, p99 <= 2 x p50, no crash,
 and every camera answered with its own headers only.
@@ -133,6 +134,7 @@ def soak(
     import os
 
     from seg_perception.data.synth import generate_frame
+    from seg_perception.machine import machine_header, machine_record
     from seg_perception.stress.common import (
         SMALL_NODE_PARAMS,
         DiagnosticsWatcher,
@@ -145,6 +147,7 @@ def soak(
     from seg_perception.stress.soak_streams import CameraStreams, camera_counters
 
     _check(cameras, fps, minutes, height, width, frames, rss_period, warmup)
+    print(machine_header(), flush=True)
     names = [f"cam{i}" for i in range(cameras)]
     duration = minutes * 60.0
     warmup_s = min(warmup, duration / 3.0)
@@ -221,6 +224,7 @@ def soak(
         },
     )
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    result["machine"] = machine_record()
     if crashes:
         result["node_log_tail"] = node.log_tail()
     if out_dir:

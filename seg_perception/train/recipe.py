@@ -9,6 +9,7 @@ overrides use the same dotted keys: ``--set optim.lr=0.01 run.out_dir=runs/x``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -22,6 +23,7 @@ import yaml
 from seg_perception.config import ConfigError
 from seg_perception.data.datasets import DATASET_KINDS, DatasetSpec
 from seg_perception.data.transforms import AugmentConfig
+from seg_perception.machine import AMP_SETTINGS
 
 __all__ = [
     "DataSection",
@@ -103,16 +105,18 @@ class LossSection:
 
 @dataclass(frozen=True)
 class OptimSection:
-    """SGD with momentum. ``grad_clip``: max global gradient norm (0: off); ``amp``: autocast
-    (bf16 on CPU, fp16 + GradScaler on CUDA); ``freeze_bn``: BatchNorm layers whose name starts
-    with ``freeze_bn_prefix`` keep their statistics (eval mode) and train only gamma/beta."""
+    """SGD with momentum. ``grad_clip``: max global gradient norm (0: off); ``amp``: autocast,
+    ``auto`` | ``true`` | ``false`` (:func:`seg_perception.machine.choose_amp`: ``auto`` is fp16 +
+    GradScaler on CUDA, bf16 on CPUs with AVX512-BF16 / AMX-BF16, else fp32; ``true`` forces bf16
+    on any CPU); ``freeze_bn``: BatchNorm layers whose name starts with ``freeze_bn_prefix`` keep
+    their statistics (eval mode) and train only gamma/beta."""
 
     lr: float = _f(0.01, minimum=0.0)
     momentum: float = _f(0.9, minimum=0.0, maximum=1.0)
     weight_decay: float = _f(1e-4, minimum=0.0)
     nesterov: bool = _f(False)
     grad_clip: float = _f(0.0, minimum=0.0)
-    amp: bool = _f(False)
+    amp: bool | str = _f("auto", choices=AMP_SETTINGS)
     freeze_bn: bool = _f(False)
     freeze_bn_prefix: str = _f("")
 
@@ -187,6 +191,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _yaml_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (recursively); return the typed value."""
     origin = typing.get_origin(tp)
@@ -195,7 +203,10 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key, source)
+        for alternative in inner[:-1]:  # e.g. ``bool | str``: the first type that fits
+            with contextlib.suppress(ConfigError):
+                return _convert(alternative, value, key, source)
+        return _convert(inner[-1], value, key, source)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
@@ -239,13 +250,20 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str, source: str) -> An
     out = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else str(name)
-        v = _convert(hints[name], value, key, source)
         meta = fields[name].metadata
-        if meta.get("choices") and v not in meta["choices"]:
-            raise ConfigError(
-                f"{source}: '{key}' must be one of {', '.join(map(str, meta['choices']))}, "
-                f"got {v!r}"
-            )
+        choices = meta.get("choices")
+        wrong = ConfigError(
+            f"{source}: '{key}' must be one of {', '.join(map(_yaml_text, choices or ()))}, "
+            f"got {value!r}"
+        )
+        try:
+            v = _convert(hints[name], value, key, source)
+        except ConfigError:
+            if choices:
+                raise wrong from None
+            raise
+        if choices and v not in choices:
+            raise wrong
         if meta.get("minimum") is not None and v is not None and v < meta["minimum"]:
             raise ConfigError(f"{source}: '{key}' must be >= {meta['minimum']}, got {v}")
         if meta.get("maximum") is not None and v is not None and v > meta["maximum"]:

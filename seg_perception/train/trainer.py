@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 
 from seg_perception.data.datasets import AugmentedDataset, build_dataset, collate
 from seg_perception.labels import load_label_table
+from seg_perception.machine import choose_amp, detect
 from seg_perception.train import distributed as D
 from seg_perception.train.checkpoint import (
     CheckpointError,
@@ -78,6 +80,7 @@ class Trainer:
         *,
         resume: str | Path | None = None,
         dist_info: D.DistInfo | None = None,
+        cpu_features: Collection[str] | None = None,
     ) -> None:
         self.recipe = recipe
         self.resume = resume
@@ -85,6 +88,9 @@ class Trainer:
         self.out_dir = Path(recipe.run.out_dir)
         self.labels = load_label_table(recipe.data.labels)
         self.is_asp = recipe.model.name == "panoptic_asp"
+        features = detect().features if cpu_features is None else cpu_features
+        #: autocast dtype and why (``optim.amp`` on this machine; ``cpu_features``: tests)
+        self.amp = choose_amp(recipe.optim.amp, self.dist.device.type, features)
 
     # ------------------------------------------------------------------------------ building
     def _build_module(self) -> nn.Module:
@@ -163,11 +169,10 @@ class Trainer:
         return lr * warmup_factor(iteration, s.warmup_iterations)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.recipe.optim.amp:
+        if self.amp.value is None:
             return contextlib.nullcontext()
-        if self.dist.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        dtype = torch.float16 if self.amp.value == "fp16" else torch.bfloat16
+        return torch.autocast(self.dist.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------------------ reporting
     def _checkpoint(self, run: _Run, iteration: int, stage: int) -> None:
@@ -250,7 +255,11 @@ class Trainer:
             weight_decay=r.optim.weight_decay,
             nesterov=r.optim.nesterov,
         )
-        scaler = torch.amp.GradScaler("cuda") if r.optim.amp and dev.type == "cuda" else None
+        if self.dist.is_main:
+            log.info("autocast: %s (%s)", self.amp.value or "off, fp32", self.amp.reason)
+            if self.amp.warning:
+                log.warning(self.amp.warning)
+        scaler = torch.amp.GradScaler("cuda") if self.amp.value == "fp16" else None
         result = TrainResult()
         if self.resume is not None:
             ckpt_path = find_latest_checkpoint(self.resume)
