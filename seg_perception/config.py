@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from seg_perception.config_schema import (
+    SHIPPED_WEIGHTS,
     ConfigError,
     DiagnosticsConfig,
     FusionConfig,
@@ -35,6 +36,7 @@ NODE_NAME = "seg_node"
 __all__ = [
     "NODE_NAME",
     "PACKAGE",
+    "SHIPPED_WEIGHTS",
     "ConfigError",
     "DiagnosticsConfig",
     "FusionConfig",

@@ -12,6 +12,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+#: model -> its shipped weights file (relative: looked up like every file parameter); the
+#: ``weights`` parameter's meaning when it is empty
+SHIPPED_WEIGHTS: dict[str, str] = {
+    "gun": "models/gun_synth.safetensors",
+    "shelfnet": "models/shelfnet_synth.safetensors",
+}
+
 
 class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key and the source."""
@@ -128,8 +135,10 @@ class SegConfig:
     )
     model: str = _spec("Real-time semantic network.", choices=("gun", "shelfnet"))
     weights: str = _spec(
-        "Weights file (.safetensors or .pt) of the semantic network. A relative path is looked up "
-        "in the current directory, then in the package's share directory."
+        "Weights file (.safetensors or .pt) of the semantic network; '' = the shipped weights of "
+        "'model' (models/<model>_synth.safetensors), so that 'model' alone can be changed at run "
+        "time. A relative path is looked up in the current directory, then in the package's "
+        "share directory."
     )
     allow_random_weights: bool = _spec(
         "Start with randomly initialised weights when a weights file does not exist "
@@ -181,6 +190,10 @@ class SegConfig:
     diagnostics: DiagnosticsConfig = field(metadata={"section": True})
     panoptic: PanopticConfig = field(metadata={"section": True})
     fusion: FusionConfig = field(metadata={"section": True})
+
+    def semantic_weights(self) -> str:
+        """The real-time net's weights file: ``weights``, or ``model``'s shipped file when empty."""
+        return self.weights or SHIPPED_WEIGHTS[self.model]
 
     def camera_names(self) -> tuple[str, ...]:
         """The ``cameras`` list; ``("",)`` for one camera under the node namespace."""

@@ -10,21 +10,47 @@ from seg_perception.config import SegConfig, resolve_path
 from seg_perception.engines.base import Engine, EngineError
 from seg_perception.labels import LabelTable
 
-__all__ = ["Engine", "EngineError", "create_panoptic_engine", "create_semantic_engine"]
+__all__ = [
+    "Engine",
+    "EngineError",
+    "create_panoptic_engine",
+    "create_semantic_engine",
+    "resolve_weights",
+]
 
 
-def _weights(cfg: SegConfig, value: str, parameter: str) -> tuple[str, str]:
-    """(resolved weights path, a note for the log). Refuses a missing file (naming
-    ``parameter``) unless ``allow_random_weights`` is true."""
+def resolve_weights(cfg: SegConfig, value: str, parameter: str, model: str) -> tuple[str, str]:
+    """(resolved weights path, a note for the log) of the file parameter ``parameter`` holding
+    ``value``, for the network ``model``.
+
+    Refuses, naming ``parameter``: a missing file (unless ``allow_random_weights`` is true) and a
+    file whose stored model name (exported weights carry it) is another network, with what to do.
+    """
+    from seg_perception.networks.export import stored_switches
+
     path = resolve_path(value)
-    if path.is_file():
-        return str(path), f"weights from {path}"
-    if cfg.allow_random_weights:
-        return str(path), f"RANDOM WEIGHTS ({path} not found; allow_random_weights is true)"
-    raise EngineError(
-        f"parameter '{parameter}': file {path} not found. Train or copy weights there, point "
-        f"'{parameter}' at a file, or set allow_random_weights:=true (demo only)."
-    )
+    if not path.is_file():
+        if cfg.allow_random_weights:
+            return str(path), f"RANDOM WEIGHTS ({path} not found; allow_random_weights is true)"
+        raise EngineError(
+            f"parameter '{parameter}': file {path} not found. Train or copy weights there, point "
+            f"'{parameter}' at a file, or set allow_random_weights:=true (demo only)."
+        )
+    try:
+        stored, _ = stored_switches(path)
+    except ValueError as exc:
+        raise EngineError(f"parameter '{parameter}': {exc}") from None
+    if stored is not None and stored != model:
+        hint = (
+            "leave 'weights' empty for each model's shipped file, or change 'model' and 'weights' "
+            "together (ros2 param set_parameters_atomically / one --params-file)"
+            if parameter == "weights"
+            else f"point '{parameter}' at {model} weights"
+        )
+        raise EngineError(
+            f"parameter '{parameter}': {path} holds a {stored!r} network, not {model!r}: {hint}"
+        )
+    return str(path), f"weights from {path}"
 
 
 def create_semantic_engine(
@@ -33,7 +59,7 @@ def create_semantic_engine(
     """The configured real-time network as an engine, and where its weights came from."""
     from seg_perception.engines.factory import create_engine
 
-    weights, note = _weights(cfg, cfg.weights, "weights")
+    weights, note = resolve_weights(cfg, cfg.semantic_weights(), "weights", cfg.model)
     engine = create_engine(
         "semantic",
         model=cfg.model,
@@ -56,7 +82,9 @@ def create_panoptic_engine(cfg: SegConfig, labels: LabelTable) -> tuple[Engine, 
     """The panoptic ASP model as an engine (same backend as the real-time net, fp32 on CPU)."""
     from seg_perception.engines.factory import create_engine
 
-    weights, note = _weights(cfg, cfg.panoptic.weights, "panoptic.weights")
+    weights, note = resolve_weights(
+        cfg, cfg.panoptic.weights, "panoptic.weights", "panoptic_asp"
+    )
     precision = "fp16" if cfg.backend == "tensorrt" else "fp32"
     # async: the ASP model runs beside the real-time net; on a CPU it gets half the threads so
     # that the semantic topics keep their rate

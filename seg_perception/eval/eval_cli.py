@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate", type=float, default=1.0, help="--live: playback speed factor (default 1.0)"
     )
     parser.add_argument(
+        "--pace",
+        action="store_true",
+        help="--live: closed loop: send each frame once the node answered the previous one "
+        "(semantic and panoptic), so the bag goes at the rate this machine sustains",
+    )
+    parser.add_argument(
         "--startup-timeout",
         type=float,
         default=180.0,
@@ -84,6 +90,7 @@ def run_live(args: argparse.Namespace) -> int:
             gt_semantic_topic=args.gt_semantic_topic,
             gt_instance_topic=args.gt_instance_topic,
             rate=args.rate,
+            pace=args.pace,
             startup_timeout=args.startup_timeout,
         )
     except KeyboardInterrupt:

@@ -41,6 +41,7 @@ PANOPTIC_TOPIC = "segmentation/panoptic"
 LABELS_TOPIC = "segmentation/labels"
 DRAIN_TIMEOUT_S = 30.0  # after the last frame: wait this long at most for the node to answer
 QUIET_S = 2.0  # ... and stop once no output arrived for this long
+PACE_TIMEOUT_S = 60.0  # paced play: send the next frame after this long without an answer
 
 
 def _typed(overrides: dict[str, str]) -> dict[str, Any]:
@@ -66,15 +67,20 @@ def evaluate_live(
     gt_semantic_topic: str | None = None,
     gt_instance_topic: str | None = None,
     rate: float = 1.0,
+    pace: bool = False,
     startup_timeout: float = 180.0,
     write_report: bool = True,
 ) -> dict[str, Any]:
     """Play ``bag`` into a ``seg_node`` subprocess and score its outputs; returns the metrics.
 
     ``overrides``: node parameters (``{"backend": "torch"}``), passed to the node as ``-p`` and
-    used (YAML-typed) for the label table and topic checks here. ``metrics["frames"]`` gains
-    ``published``, ``answered`` and ``dropped``; ``metrics["realtime"]`` holds the same counts
-    and ``latency_ms`` (end to end: ``p50``, ``p95``, ``mean``, ``n``).
+    used (YAML-typed) for the label table and topic checks here. ``pace``: closed loop, each
+    frame is published once the node answered the previous one (its semantic and, with the
+    panoptic model enabled, panoptic output; at most :data:`PACE_TIMEOUT_S` later), at the
+    recorded timing at the fastest: the bag goes at the rate this machine sustains and every frame
+    is answered. ``metrics["frames"]`` gains ``published``, ``answered`` and ``dropped``;
+    ``metrics["realtime"]`` holds the same counts, ``latency_ms`` (end to end: ``p50``, ``p95``,
+    ``mean``, ``n``), ``paced`` and ``wall_s`` (first frame published -> last output received).
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -190,6 +196,19 @@ def evaluate_live(
                 raise TimeoutError(f"seg_node not ready after {startup_timeout:.0f} s ({log_path})")
         from tqdm import tqdm
 
+        def answered_last() -> None:  # the pacing gate
+            if not published:
+                return
+            with lock:
+                last_stamp = max(published)
+            wanted = [sem_topic, pan_topic] if panoptic else [sem_topic]
+            until = time.monotonic() + PACE_TIMEOUT_S
+            while time.monotonic() < until and proc.poll() is None:
+                with lock:
+                    if all(last_stamp in received[t] for t in wanted):
+                        return
+                time.sleep(0.01)
+
         with tqdm(total=len(camera), desc="[live] playing", unit="frame") as bar:
 
             def publish_and_count(topic: str, wall_ns: int, raw: bytes) -> None:
@@ -197,7 +216,12 @@ def evaluate_live(
                 bar.update(1)
 
             play_messages(
-                node, camera, rate=rate, on_publish=publish_and_count, wait_subscribers=10.0
+                node,
+                camera,
+                rate=rate,
+                on_publish=publish_and_count,
+                wait_subscribers=10.0,
+                gate=answered_last if pace else None,
             )
         last = max(published)
         until = time.monotonic() + DRAIN_TIMEOUT_S
@@ -255,6 +279,13 @@ def evaluate_live(
     metrics = _json_safe(acc.compute(total_frames=len(camera)))
     realtime = {
         "rate": rate,
+        "paced": pace,
+        "wall_s": (
+            (max(w for t in received.values() for w, _ in t.values()) - min(published.values()))
+            / 1e9
+            if published and any(received.values())
+            else None
+        ),
         "published": len(published),
         "answered": len(answered),
         "dropped": len(published) - len(answered),

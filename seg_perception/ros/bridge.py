@@ -127,11 +127,14 @@ def play_messages(
     qos: QoSProfile = RELIABLE,
     stop: threading.Event | None = None,
     wait_subscribers: float = 0.0,
+    gate: Callable[[], None] | None = None,
 ) -> int:
     """Publish ``(topic, msgtype, bag_timestamp_ns, rawdata)`` at the recorded timing / ``rate``.
 
     ``wait_subscribers``: seconds to wait, for each new topic, until a subscriber is matched (so
-    that the first messages are not published before discovery). Returns the number published.
+    that the first messages are not published before discovery). ``gate``: called before each
+    message and may block (e.g. until the previous one was answered); the recorded timing is
+    then a minimum spacing. Returns the number published.
     """
     pubs: dict[str, object] = {}
     start_wall = start_bag = None
@@ -144,6 +147,8 @@ def play_messages(
             deadline = time.monotonic() + wait_subscribers  # let discovery match subscribers
             while pubs[topic].get_subscription_count() == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
+        if gate is not None:
+            gate()
         if start_wall is None:
             start_wall, start_bag = time.monotonic(), stamp
         due = start_wall + (stamp - start_bag) / 1e9 / rate

@@ -11,7 +11,6 @@ older than ``max_frame_age_ms`` are counted as dropped.
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -49,6 +48,7 @@ from seg_perception.ros.image_codec import (
     msg_to_rgb8,
 )
 from seg_perception.ros.params import check_params_files_applied, declare_parameters, own_params
+from seg_perception.ros.pylog import forward_package_logging
 from seg_perception.ros.reload import EngineReloader
 from seg_perception.ros.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 from seg_perception.ros.worker import LatestWorker
@@ -72,7 +72,8 @@ class SegNode(Node):
         check_params_files_applied(self, files)
         self.labels = load_label_table(self.cfg.labels)
         self.semantic_health = EngineHealth("semantic", f"{self.cfg.model}/{self.cfg.backend}")
-        self.pipeline = build_pipeline(self.cfg, self.labels, on_note=self._log_note)
+        with forward_package_logging(self.get_logger()):  # export / engine build progress
+            self.pipeline = build_pipeline(self.cfg, self.labels, on_note=self._log_note)
         self.semantic_health.name = self.pipeline.engine.name
         self.semantic_health.state = "loaded"
         pan = self.cfg.panoptic
@@ -130,8 +131,11 @@ class SegNode(Node):
         )
 
     def _log_note(self, model: str, note: str) -> None:
-        log = self.get_logger()
-        (log.warning if "RANDOM" in note else log.info)(f"{model}: {note}")
+        # two call sites: rclpy refuses one site logging at two severities
+        if "RANDOM" in note:
+            self.get_logger().warning(f"{model}: {note}")
+        else:
+            self.get_logger().info(f"{model}: {note}")
 
     # ----------------------------------------------------------------- parameters
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
@@ -372,9 +376,6 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of the ``seg_node`` executable. SIGINT and SIGTERM end it with status 0."""
     large_image_transport()  # before the DDS participant exists
     rclpy.init(args=args)  # installs the SIGINT and SIGTERM handlers that stop spin()
-    # the node logs where its weights came from through rclpy (RANDOM WEIGHTS as a warning):
-    # the engine factory's own Python-logging warning would print the same line twice
-    logging.getLogger("seg_perception.engines.factory").setLevel(logging.ERROR)
     node = None
     code = 0
     try:

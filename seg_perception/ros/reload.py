@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from rclpy.parameter import Parameter
 
 from seg_perception import config as cfgmod
+from seg_perception.engines import EngineError, resolve_weights
+from seg_perception.ros.pylog import forward_package_logging
 
 if TYPE_CHECKING:  # pragma: no cover
     from seg_perception.ros.node import SegNode
@@ -71,9 +73,10 @@ class EngineReloader:
             new = cfgmod.validate(values, source="parameter change")
         except cfgmod.ConfigError as exc:
             return str(exc)
-        weights = cfgmod.resolve_path(new.weights)
-        if not weights.is_file() and not new.allow_random_weights:
-            return f"weights: file {weights} not found; keeping engine {node.pipeline.engine.name}"
+        try:  # a missing file or one holding another network is refused now, not after a build
+            resolve_weights(new, new.semantic_weights(), "weights", new.model)
+        except EngineError as exc:
+            return f"{exc}; keeping engine {node.pipeline.engine.name}"
         if all(new.get(k) == node.cfg.get(k) for k in RELOADABLE):
             return None
         self._pending = (new, {k: node.cfg.get(k) for k in changes})
@@ -101,7 +104,10 @@ class EngineReloader:
         log.info(f"reloading the real-time engine: {new.model} on {new.backend}/{new.precision}")
         health.state = "reloading"
         try:
-            engine, note = create_semantic_engine(new, node.labels, max_batch=len(node.cameras))
+            with forward_package_logging(log):
+                engine, note = create_semantic_engine(
+                    new, node.labels, max_batch=len(node.cameras)
+                )
             node._log_note(new.model, note)
             engine.warmup(new.warmup_frames)
         except Exception as exc:
