@@ -62,6 +62,9 @@ class PanopticOutputs:
     result: PanopticResult  # refined semantic, instance, panoptic maps and segments info
     panoptic_color: np.ndarray | None = None  # (H, W, 3) uint8
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # the ASP model's own semantic head, (h, w) uint8 trainIds at its network resolution (a view
+    # of the engine output: scored by the evaluation against the fused map)
+    asp_semantic: np.ndarray | None = None
 
 
 def resize_into(image: np.ndarray, batch: np.ndarray) -> np.ndarray:
@@ -256,9 +259,10 @@ class Pipeline:
             out["scores"][keep].astype(np.float32),
             boxes=mask_bounds(boxes, height, width),
         )
+        asp_semantic = out["semantic_ids"].reshape(nh, nw)
         if settings.semantic_source == "asp" or semantic is None:
             semantic = cv2.resize(
-                out["semantic_ids"].reshape(nh, nw),
+                asp_semantic,
                 (width, height),
                 interpolation=cv2.INTER_NEAREST,
             )
@@ -282,6 +286,7 @@ class Pipeline:
                 "fusion": (t4 - t3) * 1e3,
                 "panoptic_colorize": (t5 - t4) * 1e3,
             },
+            asp_semantic,
         )
 
 

@@ -78,6 +78,7 @@ def test_metrics_equal_metrics_computed_from_ground_truth(bag, pipeline, evaluat
     insts = _by_stamp(bag, "/camera/gt/instance")
     recorded = _by_stamp(out / "outputs.mcap", "/camera/segmentation/semantic")
     sem_raw, sem_fused = SemanticMetrics(labels=CITYSCAPES), SemanticMetrics(labels=CITYSCAPES)
+    sem_asp = SemanticMetrics(labels=CITYSCAPES)
     trimap, pq = TrimapIoU(labels=CITYSCAPES), PanopticQuality(CITYSCAPES)
     for stamp, msg in sorted(cams.items()):
         rgb = imgmsg_to_array(msg, copy=True)
@@ -92,6 +93,11 @@ def test_metrics_equal_metrics_computed_from_ground_truth(bag, pipeline, evaluat
         gt_pan[gt_sem == IGNORE_ID] = IGNORE_ID * PANOPTIC_DIVISOR
         sem_raw.update(semantic, gt_sem)
         sem_fused.update(pan.result.semantic, gt_sem)
+        # the ASP head's own map, at its network resolution, brought to the frame by nearest
+        h, w = gt_sem.shape
+        nh, nw = pan.asp_semantic.shape
+        rows, cols = (np.arange(h) * nh // h), (np.arange(w) * nw // w)
+        sem_asp.update(pan.asp_semantic[rows[:, None], cols[None, :]], gt_sem)
         trimap.update(semantic, gt_sem)
         pq.update(pan.result.panoptic, gt_pan)
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -103,6 +109,7 @@ def test_metrics_equal_metrics_computed_from_ground_truth(bag, pipeline, evaluat
     for name, v in raw["iou"].items():
         assert on_disk["semantic"]["iou"][name] == (None if np.isnan(v) else pytest.approx(v))
     assert on_disk["fusion"]["gain"] == pytest.approx(fused["miou"] - raw["miou"])
+    assert on_disk["fusion"]["miou_asp"] == pytest.approx(sem_asp.compute()["miou"], abs=0.02)
     want_pq = pq.compute()
     for group in ("all", "things", "stuff"):
         for k in ("pq", "sq", "rq", "n"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -151,6 +152,7 @@ class Accumulators:
     def __post_init__(self) -> None:
         self.semantic = SemanticMetrics(labels=self.labels)
         self.fused = SemanticMetrics(labels=self.labels)
+        self.asp = SemanticMetrics(labels=self.labels)
         self.trimap = TrimapIoU(labels=self.labels)
         self.pq = PanopticQuality(self.labels)
 
@@ -161,13 +163,17 @@ class Accumulators:
         fused: np.ndarray | None = None,
         panoptic: np.ndarray | None = None,
         gt_inst: np.ndarray | None = None,
+        asp_semantic: np.ndarray | None = None,
     ) -> None:
-        """Score one frame (pipeline outputs against ground truth)."""
+        """Score one frame (pipeline outputs against ground truth). ``asp_semantic``: the ASP
+        model's own semantic map at the input resolution (the fusion's other input)."""
         self.scored += 1
         self.semantic.update(semantic, gt_sem)
         self.trimap.update(semantic, gt_sem)
         if fused is not None:
             self.fused.update(fused, gt_sem)
+        if asp_semantic is not None:
+            self.asp.update(asp_semantic, gt_sem)
         if panoptic is not None and gt_inst is not None:
             self.pq.update(panoptic, ground_truth_panoptic(gt_sem, gt_inst))
 
@@ -191,6 +197,8 @@ class Accumulators:
             fused = self.fused.compute()
             out["fusion"] = {
                 "miou_realtime": sem["miou"],
+                # the ASP model's semantic head alone (null where no frame gave it)
+                "miou_asp": self.asp.compute()["miou"] if self.asp.confusion.any() else None,
                 "miou_fused": fused["miou"],
                 "gain": fused["miou"] - sem["miou"],
                 "fused_iou": fused["iou"],
@@ -307,11 +315,15 @@ def evaluate_bag(
             SEMANTIC_COLOR: res.semantic_color,
             OVERLAY: res.overlay,
         }
-        fused = pan = segments = None
+        fused = pan = segments = asp = None
         if panoptic:
             po = pipeline.run_panoptic(rgb, res.semantic)
             timings.update(po.timings_ms)
             fused, pan, segments = po.result.semantic, po.result.panoptic, po.result.segments
+            if po.asp_semantic is not None:  # to the input resolution, as the fusion samples it
+                asp = cv2.resize(
+                    po.asp_semantic, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST
+                )
             arrays.update({INSTANCE: po.result.instance, PANOPTIC: pan})
             arrays[PANOPTIC_COLOR] = po.panoptic_color
         for k, v in timings.items():
@@ -342,7 +354,7 @@ def evaluate_bag(
                 f"{g_sem.shape[1]}x{g_sem.shape[0]} but the camera frame is "
                 f"{rgb.shape[1]}x{rgb.shape[0]}"
             )
-        acc.update(res.semantic, g_sem, fused, pan, g_inst)
+        acc.update(res.semantic, g_sem, fused, pan, g_inst, asp)
         if len(acc.samples) < NUM_SAMPLES:
             acc.samples.append({"rgb": rgb.copy(), "gt": g_sem.copy(), "pred": res.semantic.copy()})
 

@@ -168,6 +168,8 @@ def write_report(out: Path, metrics: dict[str, Any], acc: Any) -> list[Path]:
             )
         fu = metrics["fusion"]
         lines.append(f"| fusion gain (mIoU fused - real-time) | {_fmt(fu['gain'])} |")
+        if fu.get("miou_asp") is not None:
+            lines.append(f"| mIoU of the ASP model's own semantic head | {_fmt(fu['miou_asp'])} |")
     b = metrics["boundary_iou"]
     lines += ["", "## Boundary IoU (trimap)", "", "| band (px) | mIoU |", "|---|---|"]
     lines += [f"| {w} | {_fmt(m)} |" for w, m in zip(b["bands"], b["miou"], strict=True)]
