@@ -17,8 +17,9 @@
    ``--peer-runs`` timed calls (fewer: deeplabv3 is ~650 GFLOP per frame).
 4. 4 cameras in one call vs 4 sequential calls (GUN, best fp32 backend): batch4_speedup.
 
-Weights: ``models/<bench name>_synth.safetensors`` (``gun``, ``shelfnet18``, ``shelfnet50``)
-when present -- then ``miou_gt`` scores every variant against the synthetic ground truth, and
+Weights: the shipped file of the row's network (``config.SHIPPED_WEIGHTS``: ``gun``, and
+``shelfnet`` for the ``shelfnet18`` row, whose file is a ResNet-18 ShelfNet) when present --
+then ``miou_gt`` scores every variant against the synthetic ground truth, and
 the int8 / bf16 mIoU loss is ``miou_gt(fp32) - miou_gt(reduced)`` -- else seeded random weights,
 whose near-tied logits make the agreement columns a pessimistic bound.
 """
@@ -146,9 +147,20 @@ def _peer_onnx(name: str, hw: tuple[int, int], cache: Path) -> Path:
     return path
 
 
-def _weights_for(model: str) -> Path | None:
-    p = Path("models") / f"{model}_synth.safetensors"
-    return p if p.is_file() else None
+def _weights_for(bench_name: str) -> Path | None:
+    """The shipped weights of a bench row's network (``SHIPPED_WEIGHTS``), when the file exists
+    and holds that network (ShelfNet's file is a ResNet-18 one: the shelfnet18 row's)."""
+    from seg_perception.config import SHIPPED_WEIGHTS, resolve_path
+
+    model, switches = MODELS[bench_name]
+    if model not in SHIPPED_WEIGHTS:
+        return None
+    p = resolve_path(SHIPPED_WEIGHTS[model])
+    if not p.is_file():
+        return None
+    stored = _stored(p)
+    backbone = switches.get("backbone")
+    return p if backbone is None or stored.get("backbone", "resnet18") == backbone else None
 
 
 def _stored(weights: Path | None) -> dict[str, Any]:
