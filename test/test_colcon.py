@@ -1,12 +1,19 @@
 """The package builds with colcon into a ROS workspace exactly where ROS 2 tools look."""
 
+import contextlib
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+from seg_perception.ros.bridge import loopback_env
 
 ROOT = Path(__file__).resolve().parent.parent
 COLCON = Path(sys.executable).with_name("colcon")
@@ -65,6 +72,8 @@ def test_ament_index_finds_package_and_files(workspace):
     assert (share / "config" / "fastdds_large_images.xml").is_file()
     assert (share / "config" / "train" / "gun_synth.yaml").is_file()
     assert (share / "package.xml").is_file()
+    for name in ("gun_synth", "shelfnet_synth", "asp_synth"):  # the shipped models
+        assert (share / "models" / f"{name}.safetensors").is_file(), name
     exe = prefix / "lib" / "seg_perception" / "seg_node"
     assert exe.is_file() and os.access(exe, os.X_OK)
     assert os.access(prefix / "lib" / "seg_perception" / "seg-perception", os.X_OK)
@@ -83,3 +92,45 @@ def test_installed_executable_runs_and_validates_parameters(workspace):
     )
     assert result.returncode == 2
     assert "model" in result.stderr and "gun, shelfnet" in result.stderr
+
+
+def test_installed_node_starts_with_the_shipped_models(workspace, tmp_path):
+    """Default parameters, no allow_random_weights, started outside the source tree: the weights
+    come from share/seg_perception/models and the node gets to listening."""
+    exe = workspace / "lib" / "seg_perception" / "seg_node"
+    site = next((workspace / "lib").glob("python3*/site-packages"))
+    env = dict(
+        loopback_env(),
+        PYTHONPATH=str(site),
+        AMENT_PREFIX_PATH=str(workspace),
+        PYTHONUNBUFFERED="1",
+    )
+    cmd = [str(exe), "--ros-args", "-p", "backend:=torch", "-p", "network_height:=64"]
+    cmd += ["-p", "network_width:=128", "-p", "threads:=1", "-p", "warmup_frames:=0"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
+    reader.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any("listening on" in x for x in seen) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.5))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    seen.extend(lines.queue)
+    log = "".join(seen)
+    share = workspace / "share" / "seg_perception" / "models"
+    assert "listening on" in log, log
+    assert f"weights from {share / 'gun_synth.safetensors'}" in log, log
+    assert f"weights from {share / 'asp_synth.safetensors'}" in log, log
+    assert "RANDOM" not in log

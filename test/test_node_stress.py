@@ -304,9 +304,19 @@ def test_reload_switches_model_and_refuses_missing_weights(ros, tmp_path):
         assert not node.reloader.busy and node.pipeline.engine is current
         assert node.get_parameter("allow_random_weights").value is True
 
-        # a corrupt file passes the check but fails the build: old engine kept, reported
+        # a corrupt header is refused at once too (the stored model name is read)
         bad = tmp_path / "corrupt.safetensors"
         bad.write_bytes(b"\x00garbage" * 10)
+        result = node.set_parameters([Parameter("weights", value=str(bad))])[0]
+        assert not result.successful and "corrupt.safetensors" in result.reason
+        assert not node.reloader.busy and node.pipeline.engine is current
+
+        # a readable file of other tensors passes the check but fails the build: old engine
+        # kept, reported
+        from safetensors.numpy import save_file
+
+        bad = tmp_path / "other_tensors.safetensors"
+        save_file({"not.a.layer": np.zeros((3, 3), np.float32)}, str(bad))
         result = node.set_parameters_atomically(
             [
                 Parameter("allow_random_weights", value=False),
@@ -318,7 +328,7 @@ def test_reload_switches_model_and_refuses_missing_weights(ros, tmp_path):
         while node.reloader.busy and time.monotonic() < end:
             time.sleep(0.05)
         assert node.pipeline.engine is current
-        assert node.semantic_health.reload_error and "corrupt" in node.semantic_health.reload_error
+        assert "other_tensors" in node.semantic_health.reload_error
         assert node.get_parameter("weights").value == SMALL["weights"]  # put back
         assert node.get_parameter("allow_random_weights").value is True
         engine = next(s for s in node.diagnostic_statuses() if "semantic engine" in s.name)
@@ -330,6 +340,36 @@ def test_reload_switches_model_and_refuses_missing_weights(ros, tmp_path):
         assert not result.successful
     finally:
         _close(node, listener)
+
+
+def test_reload_of_the_model_alone_takes_its_shipped_weights(ros):
+    """The README's `ros2 param set /seg_node model shelfnet` with the shipped files: weights ''
+    means each model's own file; weights naming another network are refused at once."""
+    shipped = {m: cfgmod.resolve_path(w) for m, w in cfgmod.SHIPPED_WEIGHTS.items()}
+    assert all(p.is_file() for p in shipped.values()), shipped
+    params = _params(weights="", allow_random_weights=False, backend="torch")
+    node = SegNode(parameter_overrides=params)
+    try:
+        assert "gun" in node.pipeline.engine.name
+        result = node.set_parameters([Parameter("model", value="shelfnet")])[0]
+        assert result.successful, result.reason
+        end = time.monotonic() + 120
+        while node.reloader.busy and time.monotonic() < end:
+            time.sleep(0.05)
+        assert node.reloader.reloads == 1, node.semantic_health.reload_error
+        assert "shelfnet" in node.pipeline.engine.name and node.cfg.model == "shelfnet"
+        assert node.get_parameter("weights").value == ""
+
+        # the GUN file for the ShelfNet model: refused now, naming both networks, engine kept
+        current = node.pipeline.engine
+        result = node.set_parameters([Parameter("weights", value=str(shipped["gun"]))])[0]
+        assert not result.successful
+        assert "'gun'" in result.reason and "'shelfnet'" in result.reason
+        assert "weights" in result.reason and "set_parameters_atomically" in result.reason
+        assert not node.reloader.busy and node.pipeline.engine is current
+        assert node.get_parameter("weights").value == ""
+    finally:
+        _close(node)
 
 
 def test_reload_failing_at_once_still_puts_the_values_back(ros, monkeypatch):
