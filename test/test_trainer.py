@@ -315,8 +315,10 @@ def test_amp_setting_parses_auto_true_false(tmp_path: Path) -> None:
     for bad in ("yes", "bf16", 1, None):
         with pytest.raises(ConfigError, match=r"'optim.amp' must be one of auto, true, false"):
             parse_recipe(tiny_recipe(tmp_path, optim__amp=bad))
-    for path in RECIPES:  # the shipped recipes leave the choice to the machine
-        assert load_recipe(path).optim.amp == "auto", path.name
+    for path in RECIPES:  # the shipped recipes leave the choice to the machine, but the ASP
+        # model's: under bf16 autocast its box-regression loss was NaN at once (fp32 pinned)
+        want = False if path.name.startswith("asp_") else "auto"
+        assert load_recipe(path).optim.amp == want, path.name
 
 
 @pytest.mark.parametrize(
