@@ -2,6 +2,9 @@
 
 * ``engines``: every backend and precision for GUN, ShelfNet-18/50 against this machine's
   measured conv ceiling (:mod:`seg_perception.engines.bench_engines`).
+* ``train``: the trainer's step for each synthetic recipe: seconds per iteration, achieved
+  GFLOP/s and its ratio to the conv ceiling measured in the same run
+  (:mod:`seg_perception.train.bench_train`).
 * ``fusion``: the fusion paper's heuristic vs the simple baseline at 1024x2048 on corrupted
   synthetic ground truth (:mod:`seg_perception.eval.fusion_bench`).
 * ``node``: per-frame cost of each node stage at camera 1024x2048 / network 512x1024, measured on
@@ -42,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     engines = sub.add_parser("engines", help="backends x precisions: latency, GFLOP/s, ceiling")
     bench_engines.add_arguments(engines)
+    from seg_perception.train import bench_train
+
+    train = sub.add_parser("train", help="training step per recipe: s/iteration, GFLOP/s, ceiling")
+    bench_train.add_arguments(train)
     fusion = sub.add_parser("fusion", help="fusion heuristic vs baseline: time, mIoU, PQ")
     fusion.add_argument("--frames", type=int, default=10, help="frames per count (default 10)")
     fusion.add_argument("--counts", default="5,20,50", help="instance counts (default 5,20,50)")
@@ -120,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         from seg_perception.engines import bench_engines
 
         return int(bench_engines.run(args) or 0)
+    if args.what == "train":
+        from seg_perception.train import bench_train
+
+        return bench_train.run(args)
     if args.what == "node":
         result = bench_node(args.frames, parse_hw(args.camera), parse_hw(args.network))
         print_node_table(result)

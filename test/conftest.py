@@ -19,6 +19,8 @@ if "SEG_TEST_DOMAIN_ID" not in os.environ:
 os.environ["ROS_DOMAIN_ID"] = os.environ["SEG_TEST_DOMAIN_ID"]
 # exported ONNX files of the tests go to a folder of this run, never to ~/.cache
 os.environ.setdefault("SEG_TEST_ENGINE_CACHE", tempfile.mkdtemp(prefix="seg_test_engines_"))
+# ... and so do the synthetic frames that datasets cache (seg_perception.data.synth_cache)
+os.environ.setdefault("SEG_PERCEPTION_SYNTH_CACHE", tempfile.mkdtemp(prefix="seg_test_synth_"))
 
 
 @pytest.fixture(autouse=True)

@@ -127,13 +127,84 @@ def test_empty_split_is_an_error_naming_the_folder(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- synth / bag
 def test_synthetic_dataset_is_the_generator() -> None:
-    ds = SyntheticDataset(frames=3, seed=5, height=32, width=64, cache=True)
+    ds = SyntheticDataset(frames=3, seed=5, height=32, width=64)
     f = generate_frame(seed=5, index=2, height=32, width=64)
     s = ds[2]
     assert np.array_equal(s["image"], f.image) and np.array_equal(s["semantic"], f.semantic)
-    assert ds[2] is s  # cached
     with pytest.raises(IndexError):
         ds[3]
+
+
+def _same_arrays(a: dict, b: dict) -> bool:
+    return all(
+        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k])
+        for k in ("image", "semantic", "instance")
+    )
+
+
+def test_synth_cache_reads_back_the_rendered_frames(tmp_path: Path) -> None:
+    plain = SyntheticDataset(frames=6, seed=4, height=48, width=96)
+    cached = SyntheticDataset(frames=6, seed=4, height=48, width=96, cache_dir=tmp_path)
+    first = [cached[i] for i in range(6)]  # rendered and written
+    assert cached.cache is not None
+    files = sorted(p.name for p in cached.cache.dir.iterdir())
+    assert len(files) == 18 and not any(n.startswith(".") for n in files)  # no temporary left
+    again = SyntheticDataset(frames=6, seed=4, height=48, width=96, cache_dir=tmp_path)
+    for i in range(6):
+        assert again.cache is not None and again.cache.load(i) is not None
+        s = again[i]  # read from the cache
+        assert _same_arrays(s, plain[i]) and _same_arrays(first[i], plain[i])
+        assert int(s["instance"].max()) >= 1000  # thing instance ids survive the 16-bit PNG
+    # another size, seed or generator is another folder
+    other = SyntheticDataset(frames=6, seed=5, height=48, width=96, cache_dir=tmp_path)
+    assert other.cache is not None and other.cache.dir != again.cache.dir
+
+
+def test_synth_cache_limits_and_switches(tmp_path: Path, monkeypatch) -> None:
+    from seg_perception.data.datasets import DatasetSpec, build_dataset
+    from seg_perception.data.synth_cache import SYNTH_CACHE_ENV
+
+    ds = SyntheticDataset(frames=4, seed=1, height=32, width=64, cache_dir=tmp_path, cache_frames=2)
+    for i in range(4):
+        ds[i]
+    assert ds.cache is not None
+    assert sorted({p.name[:7] for p in ds.cache.dir.iterdir()}) == ["0000000", "0000001"]
+    monkeypatch.setenv(SYNTH_CACHE_ENV, str(tmp_path / "env"))
+    spec = DatasetSpec(kind="synth", seed=1, frames=2, height=32, width=64)
+    built = build_dataset(spec)
+    assert built.cache is not None and built.cache.dir.parent == tmp_path / "env"
+    assert build_dataset(DatasetSpec(kind="synth", frames=2, cache=False)).cache is None
+    monkeypatch.setenv(SYNTH_CACHE_ENV, "off")
+    assert build_dataset(spec).cache is None
+
+
+def test_synth_cache_writes_atomically(tmp_path: Path, monkeypatch) -> None:
+    """A write that dies half-way leaves no frame behind (the next reader renders it)."""
+    from seg_perception import atomic
+
+    ds = SyntheticDataset(frames=2, seed=2, height=32, width=64, cache_dir=tmp_path)
+    assert ds.cache is not None
+    real = atomic.os.replace
+    calls = []
+
+    def dying_replace(src, dst):  # the process "dies" while renaming the second file
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        ds[0]
+    monkeypatch.setattr(atomic.os, "replace", real)
+    names = [p.name for p in ds.cache.dir.iterdir()]
+    assert names == ["0000000_instance.png"]  # one whole file, no partial or temporary file
+    assert ds.cache.load(0) is None  # no image yet: the frame counts as absent
+    fresh = generate_frame(seed=2, index=0, height=32, width=64)
+    assert np.array_equal(ds[0]["image"], fresh.image)  # rendered again and now complete
+    assert ds.cache.load(0) is not None
+    (ds.cache.path(0, "semantic")).write_bytes(b"not a png")  # damaged on disk
+    assert ds.cache.load(0) is None and np.array_equal(ds[0]["semantic"], fresh.semantic)
 
 
 def test_bag_dataset_reads_ground_truth_topics(tmp_path: Path) -> None:

@@ -241,3 +241,42 @@ def test_gum_trains_under_cpu_bf16_autocast():
     loss.backward()
     offset_grads = [p.grad for n, p in net.named_parameters() if "guidance" in n]
     assert torch.isfinite(loss) and any(g is not None and g.abs().sum() > 0 for g in offset_grads)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_guided_logits_read_the_sampled_log_probabilities(channels_last: bool) -> None:
+    """Training reads log-probabilities through the unsampled logits: the values of the sampled
+    logits' log-softmax exactly, and the same gradients to the logits and the offsets."""
+    from seg_perception.networks.gum import guided_logits
+
+    u = torch.randn(2, 5, 6, 8) * 2
+    if channels_last:
+        u = u.contiguous(memory_format=torch.channels_last)
+    u.requires_grad_(True)
+    off = (torch.randn(2, 2, 24, 32) * 0.7).requires_grad_(True)
+    target = torch.randint(0, 5, (2, 24, 32))
+    weights = torch.rand(2, 24, 32)
+    full = guided_upsample(u, off, size=(24, 32), mode="nearest")
+    expected = F.log_softmax(full, 1).gather(1, target.unsqueeze(1)).squeeze(1)
+    (expected * weights).sum().backward()
+    grads = (u.grad.clone(), off.grad.clone())
+    u.grad = off.grad = None
+    guided = guided_logits(u, off, size=(24, 32))
+    assert guided.shape == full.shape and torch.equal(guided.materialise(), full)
+    got = guided.target_log_prob(target)
+    assert torch.equal(got, expected)
+    (got * weights).sum().backward()
+    torch.testing.assert_close(u.grad, grads[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(off.grad, grads[1], rtol=1e-5, atol=1e-5)
+
+
+def test_gun_forward_train_is_the_forward_for_the_loss() -> None:
+    from seg_perception.networks.gum import GuidedLogits
+
+    net = build_gun(num_classes=5, width=0.5).train()
+    x = torch.rand(1, 3, 64, 128)
+    guided = net.forward_train(x)
+    assert isinstance(guided, GuidedLogits)
+    torch.testing.assert_close(guided.materialise(), net(x))  # train-mode BN: same batch
+    bilinear = build_gun(num_classes=5, width=0.5, sampling="bilinear").train()
+    assert isinstance(bilinear.forward_train(x), torch.Tensor)

@@ -203,3 +203,30 @@ def test_asp_multitask_sum_groups_the_terms() -> None:
     assert weighted.item() == pytest.approx(21.0 - values["loss_segm"])
     with pytest.raises(KeyError, match="loss_segm"):
         asp_multitask_loss({k: v for k, v in losses.items() if k != "loss_segm"})
+
+
+@pytest.mark.parametrize("ohem", [True, False], ids=["ohem", "cross_entropy"])
+def test_losses_through_guided_logits_equal_the_sampled_logits(ohem: bool) -> None:
+    from seg_perception.networks.gum import guided_logits, guided_upsample
+
+    g = torch.Generator().manual_seed(1)
+    low = (torch.randn(2, 6, 5, 7, generator=g) * 2).requires_grad_(True)
+    off = (torch.randn(2, 2, 20, 28, generator=g) * 0.5).requires_grad_(True)
+    target = torch.randint(0, 6, (2, 20, 28), generator=g)
+    target[0, :4] = 255
+    loss_fn = ohem_cross_entropy if ohem else cross_entropy
+    expected = loss_fn(guided_upsample(low, off, size=(20, 28)), target)
+    expected.backward()
+    grads = (low.grad.clone(), off.grad.clone())
+    low.grad = off.grad = None
+    got = loss_fn(guided_logits(low, off, size=(20, 28)), target)
+    got.backward()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(low.grad, grads[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(off.grad, grads[1], rtol=1e-5, atol=1e-6)
+    confident = guided_logits(
+        torch.full((1, 3, 2, 2), 0.0).index_fill(1, torch.tensor([0]), 9.0),
+        torch.zeros(1, 2, 4, 4),
+        size=(4, 4),
+    )
+    assert ohem_cross_entropy(confident, torch.zeros(1, 4, 4, dtype=torch.long)).item() == 0.0

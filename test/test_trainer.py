@@ -293,6 +293,27 @@ def test_alternating_stages_switch_data_and_losses(tmp_path: Path) -> None:
     assert [t["lr"] for t in logs] == [0.01, 0.01, 0.01, 0.01, 0.001]
 
 
+def test_channels_last_trains_the_same_numbers(tmp_path: Path) -> None:
+    """run.channels_last (default on) changes the memory layout only: one step gives the same
+    loss and the same updated weights as NCHW, up to float rounding (later steps drift apart
+    as any rounding change does: GUM's nearest sampling flips pixels near a tie); exported
+    weights are plain contiguous tensors."""
+    stages = [{"name": "fine", "dataset": "train", "length": 1, "scl": True}]
+    nhwc = Trainer(parse_recipe(tiny_recipe(tmp_path / "a", stages=stages))).run()
+    nchw = Trainer(
+        parse_recipe(tiny_recipe(tmp_path / "b", stages=stages, run__channels_last=False))
+    ).run()
+    assert nhwc.losses[0][1] == pytest.approx(nchw.losses[0][1], rel=1e-5)
+    assert nhwc.last_checkpoint is not None and nchw.last_checkpoint is not None
+    state = network_state_dict(load_checkpoint(nhwc.last_checkpoint)["model"])
+    assert any(v.dim() == 4 and not v.is_contiguous() for v in state.values())  # NHWC kept
+    ref = network_state_dict(load_checkpoint(nchw.last_checkpoint)["model"])
+    for k, v in state.items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-4)
+    out = export_weights(nhwc.last_checkpoint, tmp_path / "w.safetensors", dtype=torch.float32)
+    assert out.is_file()
+
+
 def test_bf16_autocast_step_on_cpu(tmp_path: Path) -> None:
     # ShelfNet: GUN's straight-through GUM backward mixes bf16 and fp32 under CPU autocast.
     doc = tiny_recipe(

@@ -2,8 +2,9 @@
 
 Sources (each item a sample dict, see :mod:`seg_perception.data.transforms`):
 
-- ``synth``: the synthetic street-scene generator, frames rendered on the fly (a pure function of
-  ``(seed, index, size)``), optionally cached in memory;
+- ``synth``: the synthetic street-scene generator, frames rendered on first use (a pure function
+  of ``(seed, index, size)``) and kept on disk for the next use
+  (:mod:`seg_perception.data.synth_cache`; ``cache: false`` renders every time);
 - ``cityscapes``: a folder in the Cityscapes layout (real Cityscapes, or synthetic frames written
   by ``seg-perception synth --format cityscapes``: "from a folder");
 - ``bag``: a rosbag2 (sqlite3 or MCAP) with a camera topic and ground-truth topics (semantic
@@ -16,7 +17,6 @@ with ``np.random.default_rng(seed)``, so a batch is a pure function of its keys.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,12 @@ from seg_perception.data.cityscapes import (
     DataWarning,
     instance_targets,
     report_problem,
+)
+from seg_perception.data.synth_cache import (
+    DEFAULT_CACHE_FRAMES,
+    CachedFrame,
+    FrameCache,
+    default_synth_cache_dir,
 )
 from seg_perception.data.transforms import AugmentConfig, Sample, augment, image_to_tensor
 from seg_perception.labels import CITYSCAPES, IGNORE_ID, LabelTable
@@ -54,7 +60,9 @@ class DatasetSpec:
     """Where one dataset comes from (a ``data.*`` section of a training recipe).
 
     ``kind``: ``synth`` | ``cityscapes`` | ``bag``. ``synth``: ``seed``, ``frames``,
-    ``height``, ``width``, ``cache``. ``cityscapes``: ``root``, ``split``, ``annotation``
+    ``height``, ``width``, ``cache`` (rendered frames kept on disk and read back, see
+    :mod:`seg_perception.data.synth_cache`), ``cache_frames`` (only frames with a lower index are
+    kept: bounds the disk used). ``cityscapes``: ``root``, ``split``, ``annotation``
     (``gtFine`` | ``gtCoarse``). ``bag``: ``path``, ``image_topic``, ``semantic_topic``,
     ``instance_topic`` (empty: none). ``max_frames`` > 0 keeps the first frames only.
     """
@@ -64,7 +72,8 @@ class DatasetSpec:
     frames: int = 100
     height: int = 512
     width: int = 1024
-    cache: bool = False
+    cache: bool = True
+    cache_frames: int = DEFAULT_CACHE_FRAMES
     root: str = ""
     split: str = "train"
     annotation: str = "gtFine"
@@ -76,7 +85,11 @@ class DatasetSpec:
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
-    """Frames ``0 .. frames-1`` of the synthetic sequence ``seed`` at ``height x width``."""
+    """Frames ``0 .. frames-1`` of the synthetic sequence ``seed`` at ``height x width``.
+
+    ``cache_dir``: keep rendered frames with an index below ``cache_frames`` there and read them
+    back (:class:`~seg_perception.data.synth_cache.FrameCache`; None: render every time).
+    """
 
     def __init__(
         self,
@@ -86,15 +99,17 @@ class SyntheticDataset(torch.utils.data.Dataset):
         height: int,
         width: int,
         labels: LabelTable = CITYSCAPES,
-        cache: bool = False,
-        cache_size: int = 4096,
+        cache_dir: str | Path | None = None,
+        cache_frames: int = DEFAULT_CACHE_FRAMES,
     ) -> None:
         if frames < 1:
             raise ValueError(f"SyntheticDataset: frames must be >= 1, got {frames}")
         self.frames, self.seed, self.height, self.width = frames, seed, height, width
         self.labels = labels
-        self.cache_size = cache_size if cache else 0
-        self._cache: OrderedDict[int, Sample] = OrderedDict()
+        self.cache = None
+        if cache_dir is not None and cache_frames > 0:
+            self.cache = FrameCache(cache_dir, seed=seed, height=height, width=width, labels=labels)
+        self.cache_frames = cache_frames
 
     def __len__(self) -> int:
         return self.frames
@@ -102,25 +117,26 @@ class SyntheticDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.frames:
             raise IndexError(f"SyntheticDataset: index {index} out of range 0..{self.frames - 1}")
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
+        cache = self.cache if index < self.cache_frames else None
+        frame = cache.load(index) if cache is not None else None
+        if frame is None:
+            frame = self._render(index)
+            if cache is not None:
+                cache.store(index, frame)
+        return {
+            "image": frame.image,
+            "semantic": frame.semantic,
+            "instance": frame.instance,
+            "name": f"synth_{self.seed}_{index:06d}",
+        }
+
+    def _render(self, index: int) -> CachedFrame:
         from seg_perception.data.synth import generate_frame
 
         f = generate_frame(
             seed=self.seed, index=index, height=self.height, width=self.width, labels=self.labels
         )
-        sample = {
-            "image": f.image,
-            "semantic": f.semantic,
-            "instance": f.instance,
-            "name": f"synth_{self.seed}_{index:06d}",
-        }
-        if self.cache_size:
-            self._cache[index] = sample
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return sample
+        return CachedFrame(f.image, f.semantic, f.instance)
 
 
 class BagDataset(torch.utils.data.Dataset):
@@ -215,7 +231,8 @@ def build_dataset(
             height=spec.height,
             width=spec.width,
             labels=labels,
-            cache=spec.cache,
+            cache_dir=default_synth_cache_dir() if spec.cache else None,
+            cache_frames=spec.cache_frames,
         )
     if spec.kind == "cityscapes":
         if not spec.root:

@@ -1,5 +1,5 @@
-"""Measurement parts of ``seg-perception bench engines``: interleaved timing, the machine's
-3x3-convolution ceiling, FLOP counting on the meta device and a small mIoU for agreement."""
+"""Measurement parts of ``seg-perception bench engines`` (and ``bench train``): interleaved
+timing, the machine's 3x3-convolution ceiling, FLOP counting and a small mIoU for agreement."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ __all__ = [
     "CeilingConv",
     "ceiling_gflops",
     "count_gflops",
+    "counted_gflops",
     "latency_stats",
     "miou",
     "round_robin",
@@ -85,13 +86,25 @@ def miou(pred: np.ndarray, ref: np.ndarray, num_classes: int = NUM_CLASSES) -> f
     return metrics.compute()["miou"]
 
 
+def counted_gflops(fn: Callable[[], object]) -> float:
+    """Conv/matmul GFLOPs (2 per multiply-add) that ``fn()`` runs, backward passes included,
+    counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 def count_gflops(module_fn: Callable[[], Any], hw: tuple[int, int]) -> float:
     """Conv/matmul GFLOPs of one ``(1, 3, H, W)`` forward, counted on the meta device."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     net = module_fn().eval().to("meta")
     x = torch.empty(1, 3, *hw, device="meta")
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        net.forward_ids(x) if hasattr(net, "forward_ids") else net(x)
-    return counter.get_total_flops() / 1e9
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return net.forward_ids(x) if hasattr(net, "forward_ids") else net(x)
+
+    return counted_gflops(forward)

@@ -149,5 +149,7 @@ class SegmentationLoss(nn.Module):
             if features is None:
                 raise ValueError("SegmentationLoss: SCL is on but no features were given")
             terms["loss_scl"] = self.scl_weight * self.scl(features, target)
-        total = sum(terms.values(), out.float().sum() * 0.0)
-        return {**terms, "loss": total}
+        # Summed from the first term (not from a graph-connected 0): a zero start would add a
+        # gradient of zeros over the whole (N, K, H, W) logits in backward.
+        first, *rest = terms.values()
+        return {**terms, "loss": sum(rest, first.float())}

@@ -7,6 +7,9 @@ OHEM follows RelationNet eq. 3 (``shared/papers/relationnet.txt``)::
 "OHEM would sample the pixel-wise loss according to threshold t so that the network will pay more
 attention to the hard examples"; "we set threshold t 0.6". The selection is a hard indicator (no
 gradient flows through it). Losses are computed in float32 whatever the autocast dtype.
+
+``logits`` may also be GUN's unsampled :class:`~seg_perception.networks.gum.GuidedLogits`
+(training): the same loss, read through the low-resolution logits.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seg_perception.labels import IGNORE_ID
+from seg_perception.networks.gum import GuidedLogits
 
 __all__ = ["OhemCrossEntropy", "cross_entropy", "ohem_cross_entropy", "ohem_mask"]
 
 DEFAULT_THRESHOLD = 0.6  # RelationNet Sec. III-B: "we set threshold t 0.6"
 
 
-def _check(logits: Tensor, target: Tensor) -> None:
-    if logits.dim() != 4 or target.dim() != 3:
+Logits = Tensor | GuidedLogits
+
+
+def _check(logits: Logits, target: Tensor) -> None:
+    if len(logits.shape) != 4 or target.dim() != 3:
         raise ValueError(
             f"expected logits (N, C, H, W) and target (N, H, W), got {tuple(logits.shape)} and "
             f"{tuple(target.shape)}"
@@ -34,12 +41,22 @@ def _check(logits: Tensor, target: Tensor) -> None:
         )
 
 
-def _zero(logits: Tensor) -> Tensor:
+def _zero(logits: Logits) -> Tensor:
     """A zero loss that is still connected to the graph (so backward and DDP keep working)."""
+    if isinstance(logits, GuidedLogits):
+        return (logits.low.float().sum() + logits.grid.sum()) * 0.0
     return logits.float().sum() * 0.0
 
 
-def cross_entropy(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_ID) -> Tensor:
+def _target_log_prob(logits: Logits, target: Tensor) -> Tensor:
+    """``log_softmax(logits, 1)`` at class ``target`` (``(N, H, W)``, valid ids) per pixel."""
+    if isinstance(logits, GuidedLogits):
+        return logits.target_log_prob(target)
+    logp = F.log_softmax(logits.float(), dim=1)
+    return logp.gather(1, target.unsqueeze(1)).squeeze(1)
+
+
+def cross_entropy(logits: Logits, target: Tensor, *, ignore_index: int = IGNORE_ID) -> Tensor:
     """Mean cross-entropy over the non-ignored pixels; 0 (not NaN) when every pixel is ignored.
 
     ``logits`` ``(N, C, H, W)``, ``target`` ``(N, H, W)`` integer trainIds -> scalar.
@@ -49,6 +66,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_
     valid = target != ignore_index
     if not bool(valid.any()):
         return _zero(logits)
+    if isinstance(logits, GuidedLogits):
+        logp_true = _target_log_prob(logits, torch.where(valid, target, 0))
+        return -torch.where(valid, logp_true, 0.0).sum() / int(valid.sum())
     return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
 
 
@@ -70,6 +90,12 @@ def ohem_mask(
     target = target.long()
     valid = target != ignore_index
     p_true = probs.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+    return _keep(p_true, valid, threshold=threshold, min_kept=min_kept)
+
+
+def _keep(p_true: Tensor, valid: Tensor, *, threshold: float, min_kept: int) -> Tensor:
+    """:func:`ohem_mask` from the true-class probability ``p_true`` ``(N, H, W)`` and the
+    valid-label mask."""
     keep = valid & (p_true < threshold)
     if min_kept > 0:
         n_valid = int(valid.sum())
@@ -84,7 +110,7 @@ def ohem_mask(
 
 
 def ohem_cross_entropy(
-    logits: Tensor,
+    logits: Logits,
     target: Tensor,
     *,
     threshold: float = DEFAULT_THRESHOLD,
@@ -99,16 +125,17 @@ def ohem_cross_entropy(
     _check(logits, target)
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"ohem_cross_entropy: threshold must be in (0, 1], got {threshold}")
-    logp = F.log_softmax(logits.float(), dim=1)
+    # Everything after the log-softmax works on the gathered (N, H, W) true-class terms: no exp
+    # of the whole (N, C, H, W) tensor, no boolean indexing.
     target = target.long()
+    valid = target != ignore_index
+    logp_true = _target_log_prob(logits, torch.where(valid, target, 0))
     with torch.no_grad():
-        keep = ohem_mask(
-            logp.exp(), target, threshold=threshold, ignore_index=ignore_index, min_kept=min_kept
-        )
-    if not bool(keep.any()):
+        keep = _keep(logp_true.exp(), valid, threshold=threshold, min_kept=min_kept)
+        kept = int(keep.sum())
+    if kept == 0:
         return _zero(logits)
-    nll = -logp.gather(1, torch.where(keep, target, 0).unsqueeze(1)).squeeze(1)
-    return nll[keep].mean()
+    return -torch.where(keep, logp_true, 0.0).sum() / kept
 
 
 class OhemCrossEntropy(nn.Module):
@@ -128,7 +155,7 @@ class OhemCrossEntropy(nn.Module):
         self.min_kept = min_kept
         self.enabled = enabled
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Logits, target: Tensor) -> Tensor:
         if not self.enabled:
             return cross_entropy(logits, target, ignore_index=self.ignore_index)
         return ohem_cross_entropy(

@@ -6,6 +6,8 @@ Usable by any network: ``guided_upsample(logits, offsets, size=..., mode=...)`` 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,18 +52,43 @@ class _NearestStraightThrough(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        # ATen's grid-sampler backward directly (what autograd would call for each mode), so the
+        # two sampling forwards that an autograd.grad re-run would build are never computed.
         inp, grid = ctx.saved_tensors
         g_inp = g_grid = None
-        with torch.enable_grad():
-            if ctx.needs_input_grad[0]:
-                i = inp.detach().requires_grad_(True)
-                out = F.grid_sample(i, grid.detach(), "nearest", "border", align_corners=False)
-                (g_inp,) = torch.autograd.grad(out, i, grad_out)
-            if ctx.needs_input_grad[1]:
-                g = grid.detach().requires_grad_(True)
-                out = F.grid_sample(inp.detach(), g, "bilinear", "border", align_corners=False)
-                (g_grid,) = torch.autograd.grad(out, g, grad_out)
+        if ctx.needs_input_grad[0]:
+            g_inp = _grid_sample_backward(grad_out, inp, grid, "nearest", (True, False))[0]
+        if ctx.needs_input_grad[1]:
+            g_grid = _grid_sample_backward(grad_out, inp, grid, "bilinear", (False, True))[1]
         return g_inp, g_grid
+
+
+_INTERPOLATION = {"bilinear": 0, "nearest": 1}  # ATen's GridSamplerInterpolation
+_BORDER = 1  # ATen's GridSamplerPadding.Border
+
+
+def _grid_sample_backward(
+    grad_out: Tensor, inp: Tensor, grid: Tensor, mode: str, mask: tuple[bool, bool]
+) -> tuple[Tensor, Tensor]:
+    """``(d input, d grid)`` of ``grid_sample(inp, grid, mode, "border", align_corners=False)``
+    for ``grad_out``; only the parts ``mask`` asks for are computed."""
+    return torch.ops.aten.grid_sampler_2d_backward(
+        grad_out, inp, grid, _INTERPOLATION[mode], _BORDER, False, list(mask)
+    )
+
+
+def _check_offsets(offsets: Tensor, size: tuple[int, int]) -> None:
+    if offsets.dim() != 4 or offsets.shape[1] != 2 or tuple(offsets.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"guided_upsample: offsets must be (N, 2, {size[0]}, {size[1]}), "
+            f"got {tuple(offsets.shape)}"
+        )
+
+
+def _fp32(logits: Tensor) -> Tensor:
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        return logits.float()  # sample in fp32 (autocast): reduced-precision grids are too coarse
+    return logits
 
 
 def guided_upsample(
@@ -81,13 +108,8 @@ def guided_upsample(
     """
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"guided_upsample: invalid mode={mode!r}; valid: nearest, bilinear")
-    if offsets.dim() != 4 or offsets.shape[1] != 2 or tuple(offsets.shape[-2:]) != tuple(size):
-        raise ValueError(
-            f"guided_upsample: offsets must be (N, 2, {size[0]}, {size[1]}), "
-            f"got {tuple(offsets.shape)}"
-        )
-    if logits.dtype in (torch.bfloat16, torch.float16):
-        logits = logits.float()  # sample in fp32 (autocast): reduced-precision grids are too coarse
+    _check_offsets(offsets, size)
+    logits = _fp32(logits)
     grid = _sampling_grid(offsets, (logits.shape[-2], logits.shape[-1]))
     if mode == "bilinear":
         return F.grid_sample(logits, grid, "bilinear", "border", align_corners=False)
@@ -95,3 +117,89 @@ def guided_upsample(
     if needs_grad and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
         return _NearestStraightThrough.apply(logits, grid)
     return F.grid_sample(logits, grid, "nearest", "border", align_corners=False)
+
+
+class GuidedLogits(NamedTuple):
+    """Nearest-mode GUM logits not yet sampled: ``low`` ``(N, K, h, w)`` fp32 and the sampling
+    ``grid`` ``(N, H, W, 2)``. A training loss that needs only the log-probability of each
+    pixel's target class reads it through :meth:`target_log_prob` (the ``(N, K, H, W)`` logits
+    are never built in forward); :meth:`materialise` gives the logits of
+    ``guided_upsample(..., mode="nearest")``. Both back-propagate alike: exactly to ``low``, and
+    to the offsets through the bilinear straight-through gradient."""
+
+    low: Tensor
+    grid: Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the materialised logits, ``(N, K, H, W)``."""
+        return torch.Size((*self.low.shape[:2], *self.grid.shape[1:3]))
+
+    def materialise(self) -> Tensor:
+        return _NearestStraightThrough.apply(self.low, self.grid)
+
+    def target_log_prob(self, target: Tensor) -> Tensor:
+        """``log_softmax(materialise(), 1)`` at class ``target`` ``(N, H, W)`` (int64 in
+        ``0 .. K-1``) of every pixel, ``(N, H, W)``."""
+        return _GuidedTargetLogProb.apply(self.low, self.grid, target)
+
+
+def guided_logits(logits: Tensor, offsets: Tensor, *, size: tuple[int, int]) -> GuidedLogits:
+    """The nearest-mode :func:`guided_upsample` of ``logits`` by ``offsets``, left unsampled."""
+    _check_offsets(offsets, size)
+    logits = _fp32(logits)
+    return GuidedLogits(logits, _sampling_grid(offsets, (logits.shape[-2], logits.shape[-1])))
+
+
+def _nearest_source(grid: Tensor, in_hw: tuple[int, int]) -> Tensor:
+    """``(N, H*W)`` int64: the flat low-res index that nearest ``grid_sample`` copies to each
+    output pixel (the same kernel sampling a map of indices, so the same rounding)."""
+    h, w = in_hw
+    index_map = torch.arange(h * w, dtype=torch.float32, device=grid.device).view(1, 1, h, w)
+    src = F.grid_sample(
+        index_map.expand(grid.shape[0], 1, h, w), grid, "nearest", "border", align_corners=False
+    )
+    return src.flatten(1).long()
+
+
+class _GuidedTargetLogProb(torch.autograd.Function):
+    """:meth:`GuidedLogits.target_log_prob`. Nearest sampling copies whole low-res logit
+    vectors, so the log-softmax is taken at low resolution and read at (target, source pixel).
+    Backward: to ``low``, ``sum over the pixels p sampling j of w_p ([c = y_p] - softmax_cj)``
+    (two scatter-adds); to the grid, the bilinear straight-through gradient of the full-res logit
+    gradient ``w_p ([c = y_p] - softmax_c(source of p))`` -- the one full-size tensor, built in
+    backward only."""
+
+    @staticmethod
+    def forward(ctx, low: Tensor, grid: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        n, h, w = low.shape[0], low.shape[2], low.shape[3]
+        with torch.autocast(low.device.type, enabled=False):
+            src = _nearest_source(grid, (h, w))
+            logp = F.log_softmax(low.float(), dim=1).contiguous()
+            flat_target = target.reshape(n, -1)
+            pos = flat_target * (h * w) + src
+            out = logp.view(n, -1).gather(1, pos)
+        ctx.save_for_backward(low, grid, logp, src, pos, flat_target)
+        return out.view_as(target)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        low, grid, logp, src, pos, target = ctx.saved_tensors
+        n, k, h, w = low.shape
+        g = grad.reshape(n, -1).float()
+        prob = logp.exp()
+        g_low = g_grid = None
+        if ctx.needs_input_grad[0]:
+            per_source = g.new_zeros(n, h * w).scatter_add_(1, src, g)
+            per_target = g.new_zeros(n, k * h * w).scatter_add_(1, pos, g)
+            g_low = per_target.view(n, k, h, w) - prob * per_source.view(n, 1, h, w)
+        if ctx.needs_input_grad[1]:
+            sampled = prob.view(n, k, h * w).gather(2, src.unsqueeze(1).expand(n, k, -1))
+            full = sampled.mul_(-g.unsqueeze(1))
+            full.scatter_add_(1, target.unsqueeze(1), g.unsqueeze(1))
+            size = grid.shape[1:3]
+            g_grid = _grid_sample_backward(
+                full.view(n, k, *size), low, grid, "bilinear", (False, True)
+            )[1]
+        return g_low, g_grid, None

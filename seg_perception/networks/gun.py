@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from seg_perception.networks.drn import DRN, init_conv_bn
 from seg_perception.networks.export import load_weights
-from seg_perception.networks.gum import guided_upsample
+from seg_perception.networks.gum import GuidedLogits, guided_logits, guided_upsample
 from seg_perception.networks.layers import (
     BranchBatchNorm2d,
     ConvBNReLU,
@@ -302,6 +302,17 @@ class GUN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         low, offsets = self.forward_parts(x)
         return self._upsample(low, offsets, (int(x.shape[-2]), int(x.shape[-1])))
+
+    def forward_train(self, x: Tensor) -> Tensor | GuidedLogits:
+        """What the training loss reads: with GUM + nearest sampling the logits left unsampled
+        (:class:`GuidedLogits`: the loss takes the log-probabilities of the target classes
+        through them, never building the ``(N, K, H, W)`` logits in forward); else
+        :meth:`forward`'s logits."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        low, offsets = self.forward_parts(x)
+        if offsets is None or self.sampling != "nearest":
+            return self._upsample(low, offsets, size)
+        return guided_logits(low, offsets, size=size)
 
     def forward_ids(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """-> (class ids ``uint8 (N, H, W)``, max softmax probability ``float (N, H, W)``).

@@ -126,7 +126,8 @@ class SemanticTrainModule(_FrozenBNMixin):
             images, semantic = torch.stack(list(images)), torch.stack(list(semantic))
         assert isinstance(semantic, Tensor)
         self._features = None
-        output = self.net(self.normalise(images))
+        forward = getattr(self.net, "forward_train", self.net)  # GUN: logits left unsampled
+        output = forward(self.normalise(images))
         feats, self._features = self._features, None
         return self.criterion(output, semantic, feats)
 

@@ -36,7 +36,7 @@ from seg_perception.train.recipe import TrainRecipe, recipe_to_dict
 from seg_perception.train.runlog import RunLog, parameter_digest, plain
 from seg_perception.train.schedules import StagePlan, learning_rate, plan_stages, warmup_factor
 
-__all__ = ["DivergenceError", "TrainResult", "Trainer", "parameter_digest"]
+__all__ = ["DivergenceError", "TrainResult", "TrainState", "Trainer", "parameter_digest"]
 
 log = logging.getLogger("seg_perception.train")
 
@@ -52,6 +52,8 @@ class TrainResult:
     val: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: Path | None = None
     seconds_per_iteration: float = math.nan
+    #: wall time of every iteration of this run, data loading included (the first: warm-up)
+    iteration_seconds: list[float] = field(default_factory=list)
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
@@ -91,6 +93,8 @@ class Trainer:
         features = detect().features if cpu_features is None else cpu_features
         #: autocast dtype and why (``optim.amp`` on this machine; ``cpu_features``: tests)
         self.amp = choose_amp(recipe.optim.amp, self.dist.device.type, features)
+        #: the model and its image batches in NHWC (``run.channels_last``)
+        self.channels_last = recipe.run.channels_last
 
     # ------------------------------------------------------------------------------ building
     def _build_module(self) -> nn.Module:
@@ -175,7 +179,7 @@ class Trainer:
         return torch.autocast(self.dist.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------------------ reporting
-    def _checkpoint(self, run: _Run, iteration: int, stage: int) -> None:
+    def _checkpoint(self, run: TrainState, iteration: int, stage: int) -> None:
         digests = D.gather_objects(parameter_digest(run.module))
         if len(set(digests)) > 1:
             log.warning("DDP replicas differ at iteration %d: %s", iteration, digests)
@@ -198,7 +202,7 @@ class Trainer:
             )
         D.barrier()
 
-    def _validate(self, run: _Run, iteration: int) -> None:
+    def _validate(self, run: TrainState, iteration: int) -> None:
         if run.val_set is None:
             return
         if self.dist.is_main:
@@ -231,22 +235,26 @@ class Trainer:
         if self.recipe.run.threads > 0:
             torch.set_num_threads(self.recipe.run.threads)
         try:
-            run = self._setup()
+            run = self.setup()
             try:
                 self._loop(run)
             finally:
                 run.log.close()
             run.result.seconds_per_iteration = run.log.seconds_per_iteration()
+            run.result.iteration_seconds = list(run.log.times)
             return run.result
         finally:
             torch.set_num_threads(threads)
 
-    def _setup(self) -> _Run:
+    def setup(self) -> TrainState:
+        """Data, model (from ``resume`` if given), optimiser and log of a run, before its loop."""
         r = self.recipe
         dev = self.dist.device
         self.out_dir.mkdir(parents=True, exist_ok=True)
         datasets, plans = self._build_data()
         module = self._build_module().to(dev)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params,
@@ -301,7 +309,7 @@ class Trainer:
             initial=result.iterations,
             desc=f"train {r.model.name}",
         )
-        return _Run(
+        return TrainState(
             module,
             train_module,
             optimizer,
@@ -314,7 +322,8 @@ class Trainer:
             result,
         )
 
-    def _loader(self, run: _Run, plan: StagePlan) -> torch.utils.data.DataLoader:
+    def loader(self, run: TrainState, plan: StagePlan) -> torch.utils.data.DataLoader:
+        """The batches of ``plan`` from the run's current iteration on (:func:`D.batch_keys`)."""
         ds = run.datasets[plan.dataset]
         sampler = D.BatchKeySampler(
             start=run.result.iterations - plan.start,
@@ -327,20 +336,24 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         return torch.utils.data.DataLoader(
-            ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.recipe.data.workers
+            ds,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.recipe.data.workers,
+            pin_memory=self.dist.device.type == "cuda",
         )
 
-    def _loop(self, run: _Run) -> None:
+    def _loop(self, run: TrainState) -> None:
         r = self.recipe
         run.module.train()
         for plan in run.plans:
             if run.result.iterations >= plan.end:
                 continue
             run.module.set_stage(ohem=plan.ohem, scl=plan.scl)
-            for batch in self._loader(run, plan):
+            for batch in self.loader(run, plan):
                 it = run.result.iterations
                 lr = self._lr(plan, it - plan.start, it)
-                terms = self._step(run, batch, lr, it, plan)
+                terms = self.step(run, batch, lr, it, plan)
                 it = run.result.iterations = it + 1
                 loss = float(terms["loss"])
                 run.result.losses.append((it, loss))
@@ -354,14 +367,17 @@ class Trainer:
                     self._validate(run, it)
                 run.log.pause_done()
 
-    def _step(
-        self, run: _Run, batch: dict[str, Any], lr: float, it: int, plan: StagePlan
+    def step(
+        self, run: TrainState, batch: dict[str, Any], lr: float, it: int, plan: StagePlan
     ) -> dict[str, float]:
-        """One SGD step; returns the loss terms as floats. Raises :class:`DivergenceError`."""
+        """One SGD step of iteration ``it``; returns the loss terms as floats. Raises
+        :class:`DivergenceError`."""
         for g in run.optimizer.param_groups:
             g["lr"] = lr
         torch.manual_seed(_iteration_seed(self.recipe.run.seed, it, self.dist.rank))
         b = _to_device(batch, self.dist.device)
+        if self.channels_last and isinstance(b["image"], torch.Tensor):
+            b["image"] = b["image"].contiguous(memory_format=torch.channels_last)
         with self._autocast():
             terms = run.train_module(b["image"], b["semantic"], b.get("targets"))
         loss = terms["loss"]
@@ -402,8 +418,8 @@ class Trainer:
 
 
 @dataclass
-class _Run:
-    """Everything a running training holds."""
+class TrainState:
+    """Everything a running training holds (:meth:`Trainer.setup`)."""
 
     module: Any  # SemanticTrainModule | PanopticTrainModule (unwrapped)
     train_module: nn.Module  # the module called in training: ``module`` or its DDP wrapper
