@@ -26,12 +26,10 @@ after is recorded: figures taken beside other jobs are slower; the ratios partly
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,18 +144,10 @@ def short_run(recipe: TrainRecipe, out_dir: Path, iterations: int) -> TrainRecip
     )
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[int]:
-    """Run with ``n`` torch CPU threads (0: unchanged); yields the count in effect."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
+def _significant(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits: the table's figures keep their relative precision
+    at any size (a fixed number of decimals turned a tiny net's ratio 0.0125 into 0.013)."""
+    return float(f"{x:.{digits}g}")
 
 
 def _median(values: list[float]) -> float:
@@ -191,10 +181,10 @@ def measure_step(recipe: TrainRecipe, *, iterations: int, warmup: int) -> dict[s
         "autocast_reason": trainer.amp.reason,
         "step_s": round(step_s, 4),
         "min_s": round(min(times["step"]), 4),
-        "gflop": round(gflop, 2),
-        "gflops_per_s": round(gflop / step_s, 1),
-        "ceiling_gflops": round(ceiling_gflops, 1),
-        "ceiling_ratio": round(gflop / step_s / ceiling_gflops, 3),
+        "gflop": _significant(gflop),
+        "gflops_per_s": _significant(gflop / step_s),
+        "ceiling_gflops": _significant(ceiling_gflops),
+        "ceiling_ratio": _significant(gflop / step_s / ceiling_gflops),
         "ceiling_samples_s": times["ceiling"],
     }
 
@@ -218,6 +208,8 @@ def bench_recipe(
     loop: bool = True,
 ) -> dict[str, Any]:
     """One row of the table (see the module docstring)."""
+    from seg_perception.train.trainer import torch_threads
+
     n = recipe.run.threads if threads is None else threads
     recipe = dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, threads=n))
     crop = recipe.augment.crop

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,14 @@ from seg_perception.train.recipe import TrainRecipe, recipe_to_dict
 from seg_perception.train.runlog import RunLog, parameter_digest, plain
 from seg_perception.train.schedules import StagePlan, learning_rate, plan_stages, warmup_factor
 
-__all__ = ["DivergenceError", "TrainResult", "TrainState", "Trainer", "parameter_digest"]
+__all__ = [
+    "DivergenceError",
+    "TrainResult",
+    "TrainState",
+    "Trainer",
+    "parameter_digest",
+    "torch_threads",
+]
 
 log = logging.getLogger("seg_perception.train")
 
@@ -54,6 +61,18 @@ class TrainResult:
     seconds_per_iteration: float = math.nan
     #: wall time of every iteration of this run, data loading included (the first: warm-up)
     iteration_seconds: list[float] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Run with ``n`` torch CPU threads (0: unchanged); yields the count in effect."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
@@ -231,10 +250,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
         """Train every stage (from the checkpoint's iteration with ``resume``)."""
-        threads = torch.get_num_threads()
-        if self.recipe.run.threads > 0:
-            torch.set_num_threads(self.recipe.run.threads)
-        try:
+        with torch_threads(self.recipe.run.threads):
             run = self.setup()
             try:
                 self._loop(run)
@@ -243,8 +259,6 @@ class Trainer:
             run.result.seconds_per_iteration = run.log.seconds_per_iteration()
             run.result.iteration_seconds = list(run.log.times)
             return run.result
-        finally:
-            torch.set_num_threads(threads)
 
     def setup(self) -> TrainState:
         """Data, model (from ``resume`` if given), optimiser and log of a run, before its loop."""
