@@ -1,106 +1,138 @@
-"""Start seg_node with config/seg.yaml.
+"""Start seg_node with a parameter file (default: the installed config/seg.yaml).
 
-ros2 launch seg_perception seg.launch.py [config:=FILE] [namespace:=NS] [image_topic:=TOPIC]
-                                         [model:=gun|shelfnet] [cameras:=front,left] [rviz:=true]
+ros2 launch seg_perception seg.launch.py [params_file:=FILE] [namespace:=NS] [image_topic:=TOPIC]
+    [model:=gun|shelfnet] [weights:=FILE] [engine_file:=FILE] [allow_random_weights:=true]
+    [backend:=...] [precision:=...] [device:=...] [cameras:=front,left] [panoptic_enabled:=false]
+    [use_sim_time:=true] [log_level:=debug] [rviz:=true]   (`ros2 launch -s` lists them all)
+
+The parameter file goes to the node as it is (sections keyed ``/**/seg_node:`` reach it under
+any namespace); an override left empty keeps the file's value, a set one is passed after the
+file, so it wins. Everything is decided by launch substitutions and conditions.
 """
 
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument, GroupAction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution, PathJoinSubstitution
+from launch_ros.actions import Node, SetParameter, SetParametersFromFile
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 
+#: launch argument -> (node parameter, description); "" (the default) keeps the file's value
+OVERRIDES = {
+    "cameras": (
+        "cameras",
+        "camera namespaces served by one node, comma separated (camera 'front' reads "
+        "<namespace>/front/image; image_topic applies to '' only)",
+    ),
+    "model": ("model", "real-time network: gun | shelfnet"),
+    "weights": ("weights", "weights file of the real-time network"),
+    "engine_file": ("engine_file", "ready ONNX file or TensorRT plan of the real-time network"),
+    "allow_random_weights": (
+        "allow_random_weights",
+        "true: start with random weights when a weights file is missing (demos/tests only)",
+    ),
+    "backend": ("backend", "torch | onnxruntime | tensorrt"),
+    "precision": ("precision", "fp32 | bf16 | fp16 | int8"),
+    "providers": ("providers", "onnxruntime execution providers in order, e.g. tensorrt,cuda,cpu"),
+    "device": ("device", "torch device: cpu | cuda[:N] (its index is the TensorRT GPU)"),
+    "engine_cache": ("engine_cache", "folder of exported ONNX files and built engines"),
+    "threads": ("threads", "CPU threads for inference (0 = library default)"),
+    "input_transport": ("input_transport", "raw (image) | compressed (image/compressed)"),
+    "network_height": ("network_height", "real-time network input height (multiple of 32)"),
+    "network_width": ("network_width", "real-time network input width (multiple of 32)"),
+    "panoptic_enabled": ("panoptic.enabled", "true | false: run the panoptic ASP model"),
+    "panoptic_mode": ("panoptic.mode", "sync | async"),
+    "panoptic_weights": ("panoptic.weights", "weights file of the ASP model"),
+    "panoptic_engine_file": (
+        "panoptic.engine_file",
+        "ready ONNX file or TensorRT plan of the ASP model",
+    ),
+    "use_sim_time": ("use_sim_time", "true: node clock from /clock (bag replay with --clock)"),
+}
 
-def _node(context, *args, **kwargs):
-    from seg_perception.config import read_params_file
 
-    image_topic = LaunchConfiguration("image_topic").perform(context)
-    model = LaunchConfiguration("model").perform(context)
-    # The file's 'seg_node:' section only matches a node in the root namespace, so with
-    # namespace:=NS rcl would silently ignore it: pass its parameters to the node directly.
-    parameters = read_params_file(LaunchConfiguration("config").perform(context))
-    if model:
-        parameters["model"] = model
-    cameras = LaunchConfiguration("cameras").perform(context)
-    if cameras:  # camera 'front' reads <namespace>/front/image (image_topic applies to '' only)
-        parameters["cameras"] = cameras
-    namespace = LaunchConfiguration("namespace")
-    actions = [
-        Node(
-            package="seg_perception",
-            executable="seg_node",
-            name="seg_node",
-            namespace=namespace,
-            parameters=[parameters],
-            remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
-    if LaunchConfiguration("rviz").perform(context).lower() in ("true", "1", "yes"):
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
-
-        try:
-            get_package_share_directory("rviz2")
-        except PackageNotFoundError:
-            return [*actions, LogInfo(msg="rviz:=true but rviz2 is not installed; skipping RViz")]
-        rviz_config = PathJoinSubstitution(
-            [FindPackageShare("seg_perception"), "config", "seg.rviz"]
-        )
-        actions.append(
-            Node(
-                package="rviz2",
-                executable="rviz2",
-                namespace=namespace,  # config/seg.rviz uses relative topics
-                arguments=["-d", rviz_config],
-                remappings=[("image", image_topic)],
-                output="screen",
-            )
-        )
-    return actions
+def _override(argument: str, parameter: str) -> SetParameter:
+    value = LaunchConfiguration(argument)
+    return SetParameter(
+        name=parameter, value=value, condition=IfCondition(NotEqualsSubstitution(value, ""))
+    )
 
 
 def generate_launch_description():
-    default_config = PathJoinSubstitution(
-        [FindPackageShare("seg_perception"), "config", "seg.yaml"]
+    namespace = LaunchConfiguration("namespace")
+    image_topic = LaunchConfiguration("image_topic")
+    arguments = [
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("seg_perception"), "config", "seg.yaml"]
+            ),
+            description="ROS 2 parameter file for seg_node ('/**/seg_node:' sections reach it "
+            "under any namespace)",
+        ),
+        DeclareLaunchArgument(
+            "namespace",
+            default_value="",
+            description="namespace of the node and its topics (one per camera)",
+        ),
+        DeclareLaunchArgument(
+            "image_topic",
+            default_value="image",
+            description="camera topic the node's 'image' input is remapped to "
+            "('image/compressed' follows as <image_topic>/compressed)",
+        ),
+        *(
+            DeclareLaunchArgument(
+                argument,
+                default_value="",
+                description=f"override '{parameter}': {text}; '' keeps the parameter file's value",
+            )
+            for argument, (parameter, text) in OVERRIDES.items()
+        ),
+        DeclareLaunchArgument(
+            "log_level",
+            default_value="info",
+            description="node log level: debug | info | warn | error | fatal",
+        ),
+        DeclareLaunchArgument(
+            "rviz",
+            default_value="false",
+            description="true: also start rviz2 (it must be installed) with config/seg.rviz",
+        ),
+    ]
+    # file first, then the overrides set: the last value of a parameter wins; the group keeps
+    # them to seg_node
+    seg_node = GroupAction(
+        scoped=True,
+        actions=[
+            SetParametersFromFile(LaunchConfiguration("params_file")),
+            *(_override(a, p) for a, (p, _) in OVERRIDES.items()),
+            Node(
+                package="seg_perception",
+                executable="seg_node",
+                name="seg_node",
+                namespace=namespace,
+                remappings=[
+                    ("image", image_topic),
+                    ("image/compressed", [image_topic, "/compressed"]),
+                ],
+                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+                output="screen",
+                emulate_tty=True,
+            ),
+        ],
     )
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument(
-                "config",
-                default_value=default_config,
-                description="ROS 2 parameter file for seg_node",
-            ),
-            DeclareLaunchArgument(
-                "namespace",
-                default_value="",
-                description="namespace of the node and its topics (one per camera)",
-            ),
-            DeclareLaunchArgument(
-                "image_topic",
-                default_value="image",
-                description="camera topic the node's 'image' input is remapped to",
-            ),
-            DeclareLaunchArgument(
-                "model",
-                default_value="",
-                description="override the config's model (gun | shelfnet)",
-            ),
-            DeclareLaunchArgument(
-                "cameras",
-                default_value="",
-                description="override the config's cameras: comma-separated camera namespaces "
-                "served by one node, batched into one engine call",
-            ),
-            DeclareLaunchArgument(
-                "rviz",
-                default_value="false",
-                description="also start RViz with config/seg.rviz (where rviz2 is installed)",
-            ),
-            OpaqueFunction(function=_node),
-        ]
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        namespace=namespace,  # config/seg.rviz uses relative topics
+        arguments=[
+            "-d",
+            PathJoinSubstitution([FindPackageShare("seg_perception"), "config", "seg.rviz"]),
+        ],
+        remappings=[("image", image_topic)],
+        output="screen",
+        condition=IfCondition(LaunchConfiguration("rviz")),
     )
+    return LaunchDescription([*arguments, seg_node, rviz])

@@ -11,41 +11,46 @@ import argparse
 import importlib
 import sys
 
+from seg_perception.errors import SegError
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "seg_perception.demo",
+        "seg_perception.commands.demo",
         "synthetic bag -> seg_node -> recorded outputs + contact sheet",
     ),
     "synth": (
-        "seg_perception.data.synth_cli",
+        "seg_perception.commands.synth",
         "generate synthetic street scenes (bag or Cityscapes)",
     ),
-    "bench": ("seg_perception.bench", "benchmarks that print tables (node, fusion, engines)"),
+    "bench": (
+        "seg_perception.commands.bench",
+        "benchmarks that print tables (node, fusion, engines, train)",
+    ),
     "build-engine": (
-        "seg_perception.engines.build_engine_cli",
-        "build a TensorRT engine (or an int8 ONNX model) from ONNX, for vehicle provisioning",
+        "seg_perception.commands.build_engine",
+        "build the node's TensorRT engine (or int8 ONNX model) ahead of time, for provisioning",
     ),
     "eval": (
-        "seg_perception.eval.eval_cli",
+        "seg_perception.commands.eval",
         "offline evaluation of a ROS 2 bag: metrics, report, outputs bag",
     ),
-    "export": ("seg_perception.networks.export_cli", "export a network's export form to ONNX"),
-    "models": ("seg_perception.networks.report", "list the networks: switches, parameters, GFLOPs"),
+    "export": ("seg_perception.commands.export", "export a network to ONNX, as the node runs it"),
+    "models": ("seg_perception.commands.models", "list the networks: switches, parameters, GFLOPs"),
     "train": (
-        "seg_perception.train.train_cli",
+        "seg_perception.commands.train",
         "train a network from a recipe (config/train/*.yaml)",
     ),
     "play": (
-        "seg_perception.ros.play_cli",
+        "seg_perception.commands.play",
         "publish a bag's messages over DDS at the recorded timing",
     ),
     "info": (
-        "seg_perception.info_cli",
+        "seg_perception.commands.info",
         "this machine (CPU features, CUDA), versions, ROS/DDS setup and the choices made here",
     ),
     "params": (
-        "seg_perception.params_cli",
+        "seg_perception.commands.params",
         "list the node parameters with defaults and descriptions",
     ),
     "fuzz": (
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (SegError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from seg_perception.errors import SegError
+
 __all__ = [
     "KINDS",
     "ExistingBag",
@@ -46,7 +48,7 @@ _BAG_MAGIC = {".mcap": b"\x89MCAP0\r\n", ".db3": b"SQLite format 3\x00"}
 KINDS = ("file", "dir", "path", "bag", "output_file", "output_dir")
 
 
-class PathArgumentError(ValueError):
+class PathArgumentError(SegError, ValueError):
     """A path argument does not exist or is not the expected kind; the message names both."""
 
 

@@ -27,7 +27,7 @@ from seg_perception.config_schema import (
     FusionConfig,
     PanopticConfig,
     SegConfig,
-    _leaves,
+    leaf_fields,
     parse_cameras,
 )
 
@@ -83,7 +83,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_value(key: str, value: Any, source: str) -> Any:
-    spec, want = _leaves(SegConfig)[key]
+    spec, want = leaf_fields(SegConfig)[key]
     meta = spec.metadata
     ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
     if want is float and isinstance(value, int) and not isinstance(value, bool):
@@ -244,6 +244,14 @@ def parse_hw(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
     return h, w
+
+
+def hw_argument(text: str) -> tuple[int, int]:
+    """``argparse`` type of a size option (``--camera 1024x2048``, ``--network 512x1024``)."""
+    return parse_hw(text)
+
+
+hw_argument.__name__ = "HxW size"  # argparse: "invalid HxW size value: '...'"
 
 
 def add_key_value_option(parser: Any, flag: str, *, help: str, dest: str | None = None) -> None:

@@ -12,6 +12,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from seg_perception.choices import BACKENDS, PRECISIONS, SEMANTIC_MODELS
+from seg_perception.errors import SegError
+
 #: model -> its shipped weights file (relative: looked up like every file parameter); the
 #: ``weights`` parameter's meaning when it is empty
 SHIPPED_WEIGHTS: dict[str, str] = {
@@ -20,7 +23,7 @@ SHIPPED_WEIGHTS: dict[str, str] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(SegError, ValueError):
     """A configuration value or file is invalid; the message names the key and the source."""
 
 
@@ -56,6 +59,9 @@ class PanopticConfig:
     )
     every_n: int = _spec("In sync mode, run on every N-th frame.", minimum=1, maximum=10000)
     weights: str = _spec("Weights file of the ASP model (same lookup as 'weights').")
+    engine_file: str = _spec(
+        "A ready artefact of the ASP model (see 'engine_file'); '' = export 'panoptic.weights'."
+    )
     network_height: int = _spec(
         "ASP model input height (multiple of 32).", minimum=64, maximum=4096
     )
@@ -133,12 +139,18 @@ class SegConfig:
         minimum=0.0,
         maximum=3600000.0,
     )
-    model: str = _spec("Real-time semantic network.", choices=("gun", "shelfnet"))
+    model: str = _spec("Real-time semantic network.", choices=SEMANTIC_MODELS)
     weights: str = _spec(
         "Weights file (.safetensors or .pt) of the semantic network; '' = the shipped weights of "
         "'model' (models/<model>_synth.safetensors), so that 'model' alone can be changed at run "
         "time. A relative path is looked up in the current directory, then in the package's "
         "share directory."
+    )
+    engine_file: str = _spec(
+        "A ready artefact of the semantic network to run instead of exporting 'weights': an "
+        "ONNX file (onnxruntime, tensorrt) or a TensorRT plan (.plan/.engine, tensorrt), e.g. "
+        "from 'seg-perception build-engine'. Checked at start against what the node needs "
+        "(input size, outputs, class count). '' = export 'weights' (cached)."
     )
     allow_random_weights: bool = _spec(
         "Start with randomly initialised weights when a weights file does not exist "
@@ -159,13 +171,13 @@ class SegConfig:
     backend: str = _spec(
         "Inference backend: 'torch' (eager PyTorch), 'onnxruntime' (ONNX exported on first use "
         "into engine_cache) or 'tensorrt' (GPU).",
-        choices=("torch", "onnxruntime", "tensorrt"),
+        choices=BACKENDS,
     )
     precision: str = _spec(
         "Compute precision of the real-time net: fp32; bf16 (torch on CPUs with AVX512-BF16, or "
         "CUDA); fp16 (CUDA / TensorRT); int8 (onnxruntime QDQ or TensorRT, calibrated on "
         "synthetic street scenes).",
-        choices=("fp32", "bf16", "fp16", "int8"),
+        choices=PRECISIONS,
     )
     providers: str = _spec(
         "onnxruntime execution providers in order, comma separated: tensorrt, cuda, cpu."
@@ -202,15 +214,15 @@ class SegConfig:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every parameter name, dotted for nested sections."""
-        return tuple(_leaves(cls))
+        return tuple(leaf_fields(cls))
 
     @classmethod
     def field_types(cls) -> dict[str, type]:
-        return {name: typ for name, (_, typ) in _leaves(cls).items()}
+        return {name: typ for name, (_, typ) in leaf_fields(cls).items()}
 
     @classmethod
     def description(cls, key: str) -> str:
-        meta = _leaves(cls)[key][0].metadata
+        meta = leaf_fields(cls)[key][0].metadata
         text = meta["description"]
         if meta["choices"]:
             text += f" One of: {', '.join(map(str, meta['choices']))}."
@@ -231,13 +243,14 @@ class SegConfig:
 _SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-def _leaves(cls: type, prefix: str = "") -> dict[str, tuple[dataclasses.Field, type]]:
-    """Dotted parameter name -> (dataclass field, scalar type), sections walked recursively."""
+def leaf_fields(cls: type, prefix: str = "") -> dict[str, tuple[dataclasses.Field, type]]:
+    """Dotted parameter name -> (dataclass field, scalar type) of a config dataclass, sections
+    walked recursively (the field's ``metadata`` holds description, choices and range)."""
     hints = typing.get_type_hints(cls)
     out: dict[str, tuple[dataclasses.Field, type]] = {}
     for f in dataclasses.fields(cls):
         if f.metadata.get("section"):
-            out.update(_leaves(hints[f.name], f"{prefix}{f.name}."))
+            out.update(leaf_fields(hints[f.name], f"{prefix}{f.name}."))
         else:
             out[prefix + f.name] = (f, _SCALARS[hints[f.name].__name__])
     return out
@@ -262,3 +275,24 @@ def parse_cameras(text: str) -> tuple[str, ...]:
     if duplicates:
         raise ValueError(f"camera(s) listed twice: {', '.join(duplicates)}")
     return names
+
+
+#: the parameters that may change at run time: they only concern the real-time engine, which the
+#: node rebuilds beside the running one (``ros/reload.py``); every other parameter is read-only
+RELOADABLE = frozenset(
+    {
+        "model",
+        "weights",
+        "engine_file",
+        "allow_random_weights",
+        "backend",
+        "precision",
+        "providers",
+        "engine_cache",
+        "device",
+        "threads",
+        "network_height",
+        "network_width",
+        "warmup_frames",
+    }
+)

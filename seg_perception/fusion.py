@@ -19,6 +19,7 @@ distance transform on its box.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -398,9 +399,10 @@ FUSION_METHODS: dict[str, Callable[..., PanopticResult]] = {
 }
 
 
-def fuse(method: str, semantic: np.ndarray, instances: Instances, **kwargs: Any) -> PanopticResult:
-    """Run the fusion method named ``method`` (``"heuristic"`` or ``"baseline"``) with its
-    keyword options; an unknown method or option is a ``ValueError`` listing the valid ones."""
+def fusion_method(method: str, **options: Any) -> Callable[..., PanopticResult]:
+    """The fusion method named ``method`` (``"heuristic"`` or ``"baseline"``) with its keyword
+    ``options`` bound, checked once: call it per frame as ``f(semantic, instances)``. An unknown
+    method or option is a ``ValueError`` listing the valid ones."""
     try:
         fn = FUSION_METHODS[method]
     except KeyError:
@@ -408,9 +410,14 @@ def fuse(method: str, semantic: np.ndarray, instances: Instances, **kwargs: Any)
             f"unknown fusion method {method!r}; valid: {', '.join(sorted(FUSION_METHODS))}"
         ) from None
     params = list(inspect.signature(fn).parameters)[2:]
-    unknown = sorted(set(kwargs) - set(params))
+    unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(
             f"fusion method {method!r}: unknown option(s) {unknown}; valid: {', '.join(params)}"
         )
-    return fn(semantic, instances, **kwargs)
+    return functools.partial(fn, **options)
+
+
+def fuse(method: str, semantic: np.ndarray, instances: Instances, **kwargs: Any) -> PanopticResult:
+    """Run the fusion method named ``method`` once (see :func:`fusion_method`)."""
+    return fusion_method(method, **kwargs)(semantic, instances)

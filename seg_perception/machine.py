@@ -85,8 +85,10 @@ _X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 AMP_SETTINGS: tuple[str | bool, ...] = ("auto", True, False)
 #: ``u8s8``: uint8 activations, int8 weights (onnxruntime's advice for CPUs with VNNI);
-#: ``u8s8_reduce_range``: the same with 7-bit weights (its advice for x86 CPUs without VNNI).
-INT8_MODES = ("u8s8", "u8s8_reduce_range")
+#: ``u8s8_reduce_range``: the same with 7-bit weights (its advice for x86 CPUs without VNNI);
+#: ``s8s8_symmetric``: symmetric int8 activations and weights, zero point 0, fp32 biases -- what
+#: TensorRT's explicit quantization takes (``auto`` picks it for TensorRT, never for the CPU).
+INT8_MODES = ("u8s8", "u8s8_reduce_range", "s8s8_symmetric")
 #: what bf16 without bf16 hardware costs (the GUN synth recipe, 2 cores of an AVX2-only Zen 3)
 BF16_EMULATION_COST = "~4x slower: 5.3 s vs 1.2 s per training iteration on an AVX2-only Zen 3"
 

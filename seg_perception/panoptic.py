@@ -109,6 +109,41 @@ def decode_panoptic(panoptic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train.astype(np.uint8), inst.astype(np.uint16)
 
 
+def gt_panoptic(
+    semantic: np.ndarray, instance_ids: np.ndarray | None, labels: LabelTable = CITYSCAPES
+) -> np.ndarray:
+    """Ground-truth panoptic ids ``trainId * 1000 + k`` from ``(H, W)`` trainIds and Cityscapes
+    instanceIds (``labelId * 1000 + j`` on thing pixels with an instance, ``labelId`` elsewhere),
+    in the form :class:`~seg_perception.metrics.PanopticQuality` scores against:
+
+    * void (``IGNORE_ID``, or any trainId outside the table): ``trainId * 1000``, which PQ
+      leaves out (e.g. ``255000``);
+    * stuff: ``trainId * 1000``; an instanceId on a stuff pixel is ignored;
+    * thing pixels with an instanceId >= 1000: ``k`` = 1..N, numbered through the frame in the
+      order of the instanceIds (one ``k`` per instanceId, as the node numbers its instances);
+    * thing pixels without one (instanceId < 1000, Cityscapes' groups of objects): ``k = 0``,
+      which PQ treats as a crowd region of the class.
+
+    ``instance_ids`` None gives the stuff/void encoding of every pixel (``k = 0``). Raises
+    ``ValueError`` for more than 999 instances in one frame (``k`` must stay below 1000).
+    """
+    sem = np.asarray(semantic)
+    pan = np.multiply(sem, PANOPTIC_DIVISOR, dtype=np.int32)
+    if instance_ids is None:
+        return pan
+    inst = np.asarray(instance_ids)
+    if inst.shape != sem.shape:
+        raise ValueError(f"gt_panoptic: shapes differ, {sem.shape} vs {inst.shape}")
+    sel = (inst >= 1000) & np.isin(sem, labels.thing_train_ids)  # Cityscapes: labelId * 1000 + j
+    ids, k = np.unique(inst[sel], return_inverse=True)
+    if len(ids) > MAX_INSTANCES:
+        raise ValueError(
+            f"gt_panoptic: {len(ids)} instances in one frame, at most {MAX_INSTANCES} fit"
+        )
+    pan[sel] += k.reshape(-1).astype(np.int32) + 1
+    return pan
+
+
 def _shade_luts() -> tuple[np.ndarray, np.ndarray]:
     """Per-channel colour offsets for instance indices 1..255 as two ``(3, 256)`` uint8 LUTs
     (positive part, negative part); entry 0 (stuff) is no offset. A low-discrepancy (R2)

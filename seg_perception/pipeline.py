@@ -24,7 +24,7 @@ import numpy as np
 
 from seg_perception.config import SegConfig
 from seg_perception.engines.base import Engine, OutputBuffers, byte_array_backed
-from seg_perception.fusion import fuse
+from seg_perception.fusion import fusion_method
 from seg_perception.labels import LabelTable
 from seg_perception.panoptic import (
     Instances,
@@ -122,6 +122,11 @@ class Pipeline:
         self.overlay_alpha = float(overlay_alpha)
         self.panoptic_engine = panoptic_engine
         self.panoptic = panoptic or PanopticSettings()
+        options: dict[str, object] = {"score_threshold": self.panoptic.score_threshold}
+        if self.panoptic.method == "heuristic":
+            options["min_new_instance_area"] = self.panoptic.min_new_instance_area
+        # resolved and checked once, not per frame
+        self._fuse = fusion_method(self.panoptic.method, labels=labels, **options)
         self._clock = clock
         # the images the node publishes live in array.array memory: no copy into the message
         self._buf = OutputBuffers(byte_array_backed)
@@ -267,10 +272,7 @@ class Pipeline:
                 interpolation=cv2.INTER_NEAREST,
             )
         t3 = t()
-        options = {"score_threshold": settings.score_threshold}
-        if settings.method == "heuristic":
-            options["min_new_instance_area"] = settings.min_new_instance_area
-        result = fuse(settings.method, semantic, instances, labels=self.labels, **options)
+        result = self._fuse(semantic, instances)
         t4 = t()
         colour = (
             colorize_panoptic(result.panoptic, self.labels) if PANOPTIC_COLOR in set(want) else None
@@ -300,15 +302,18 @@ def build_pipeline(
     ``panoptic.enabled``, and the fusion settings. The node and both evaluations build it here,
     so that they run the same computation. ``on_note(model, note)`` hears where each engine's
     weights came from."""
-    from seg_perception.engines import create_panoptic_engine, create_semantic_engine
+    from seg_perception.engines import panoptic_spec, semantic_spec
+    from seg_perception.engines.factory import build
 
-    engine, note = create_semantic_engine(cfg, labels, max_batch=len(cfg.camera_names()))
+    spec, note = semantic_spec(cfg, labels, max_batch=len(cfg.camera_names()))
     on_note(cfg.model, note)
+    engine = build(spec)
     engine.warmup(cfg.warmup_frames)
     panoptic_engine = None
     if cfg.panoptic.enabled:
-        panoptic_engine, note = create_panoptic_engine(cfg, labels)
+        spec, note = panoptic_spec(cfg, labels)
         on_note("panoptic_asp", note)
+        panoptic_engine = build(spec)
         panoptic_engine.warmup(min(cfg.warmup_frames, 1))
     settings = PanopticSettings(
         score_threshold=cfg.panoptic.score_threshold,

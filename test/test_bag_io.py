@@ -10,19 +10,20 @@ import cv2
 import numpy as np
 import pytest
 
+from seg_perception.codec import ImageDecodeError, image_from_ros, stamp_ns
+from seg_perception.commands.synth import add_synth_arguments, run_synth
 from seg_perception.data.bag_io import (
     COMPRESSED_FORMAT,
     BagError,
     OutputBag,
     bag_topics,
     deserialize,
-    image_from_ros,
+    image_msg,
     read_bag_messages,
     serialize_image,
     write_synth_bag,
 )
 from seg_perception.data.synth import SynthFrame
-from seg_perception.data.synth_cli import add_synth_arguments, run_synth
 
 START = 1_700_000_000_000_000_000
 TOPICS = {
@@ -66,6 +67,7 @@ def test_synth_bag_round_trip_with_rosbags_and_rclpy(tmp_path, storage):
         for m in got.values():  # the four topics of a frame share one header = bag time
             assert m.header.frame_id == "cam0"
             assert m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == stamp
+            assert stamp_ns(m.header) == stamp_ns(m.header.stamp) == stamp
         img = got["/cam/image"]
         assert img.encoding == "rgb8" and (img.height, img.width) == (24, 40)
         pixels = np.frombuffer(bytes(img.data), np.uint8).reshape(24, 40, 3)
@@ -98,8 +100,24 @@ def test_image_from_ros_handles_padding_and_big_endian():
     )
     out = image_from_ros(msg)
     assert out.dtype == np.int32 and np.array_equal(out, a)
-    with pytest.raises(ValueError, match="bayer_rggb8"):
+    with pytest.raises(ImageDecodeError, match="bayer_rggb8") as info:
         image_from_ros(types.SimpleNamespace(encoding="bayer_rggb8"))
+    assert info.value.reason == "unsupported_encoding"
+
+
+def test_image_from_ros_takes_rosbags_messages_by_the_ros_size_rule():
+    """One rule with camera frames: data must be exactly step * height bytes."""
+    a = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
+    msg = image_msg(a, encoding="mono16", stamp_ns=7, frame_id="c")  # a rosbags message
+    out = image_from_ros(msg)
+    assert out.dtype == np.uint16 and np.array_equal(out, a)
+    assert stamp_ns(msg.header) == 7
+    for data, reason in ((np.append(msg.data, np.uint8(0)), "data_too_long"),
+                         (msg.data[:-1], "data_too_short")):  # fmt: skip
+        bad = types.SimpleNamespace(**{**vars(msg), "data": data})
+        with pytest.raises(ImageDecodeError) as info:
+            image_from_ros(bad)
+        assert info.value.reason == reason and isinstance(info.value, ValueError)
 
 
 def test_failure_mid_way_leaves_no_bag(tmp_path):
@@ -159,7 +177,7 @@ def test_output_bag_records_node_outputs(tmp_path):
 def test_synth_command_writes_bag_and_cityscapes(tmp_path, capsys):
     parser = add_synth_arguments(argparse.ArgumentParser())
     args = parser.parse_args(
-        ["--frames", "2", "--out", str(tmp_path / "b"), "--height", "32", "--width", "64",
+        ["--frames", "2", "--out", str(tmp_path / "b"), "--camera", "32x64",
          "--storage", "sqlite3", "--seed", "2", "--quiet"]
     )  # fmt: skip
     assert run_synth(args) == 0
@@ -168,7 +186,7 @@ def test_synth_command_writes_bag_and_cityscapes(tmp_path, capsys):
     }  # fmt: skip
     args = parser.parse_args(
         ["--frames", "1", "--out", str(tmp_path / "cs"), "--format", "cityscapes",
-         "--height", "32", "--width", "64", "--quiet"]
+         "--camera", "32x64", "--quiet"]
     )  # fmt: skip
     assert run_synth(args) == 0
     assert (tmp_path / "cs/gtFine/train/synth/synth_000000_000000_gtFine_labelIds.png").is_file()

@@ -1,5 +1,6 @@
 """The package builds with colcon into a ROS workspace exactly where ROS 2 tools look."""
 
+import ast
 import contextlib
 import os
 import queue
@@ -50,6 +51,43 @@ def test_package_xml_parses_with_catkin_pkg():
     assert "@" in pkg.maintainers[0].email
     exec_deps = {d.name for d in pkg.exec_depends}
     assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs"} <= exec_deps
+
+
+def _imported_top_level(paths) -> set[str]:
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_package_xml_lists_every_ros_package_the_code_imports():
+    from catkin_pkg.package import parse_package
+
+    pkg = parse_package(str(ROOT))
+    code = [*(ROOT / "seg_perception").rglob("*.py"), *(ROOT / "launch").glob("*.py")]
+    imported = _imported_top_level(code)
+    ros = {
+        n
+        for n in imported
+        if n.endswith(("_msgs", "_interfaces"))
+        or n in {"rclpy", "launch", "launch_ros", "ament_index_python", "cv_bridge"}
+        or n.startswith(("rosbag2", "rosidl", "tf2", "message_filters"))
+    }
+    assert {"rclpy", "rcl_interfaces", "rosgraph_msgs", "launch_ros"} <= ros  # the scan works
+    exec_deps = {d.name for d in pkg.exec_depends}
+    assert not ros - exec_deps, f"package.xml lacks exec_depend {sorted(ros - exec_deps)}"
+    # test dependencies only for tests that exist (the ament_python template's linters)
+    for dep in pkg.test_depends:
+        if dep.name.startswith("ament_"):
+            linter = dep.name.removeprefix("ament_")
+            assert (ROOT / "test" / f"test_{linter}.py").is_file(), dep.name
+    test_imports = _imported_top_level((ROOT / "test").glob("*.py"))
+    assert "catkin_pkg" in test_imports and "pytest" in test_imports
+    assert {"python3-pytest", "python3-catkin-pkg"} <= {d.name for d in pkg.test_depends}
 
 
 def test_ament_index_finds_package_and_files(workspace):

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from seg_perception.data.synth import generate_frame
-from seg_perception.engines.factory import create_engine
+from seg_perception.engines.factory import build
 from seg_perception.engines.ort_lanes import split_batch
+from seg_perception.engines.spec import EngineSpec
 from seg_perception.networks import build_model
 from seg_perception.networks.export import export_onnx
 from seg_perception.networks.gum import _sampling_grid
@@ -36,15 +37,16 @@ def _images(n: int) -> np.ndarray:
 
 
 def _gun_engine(cache: Path, *, threads: int, max_batch: int = 4):
-    return create_engine(
-        model="gun",
-        num_classes=K,
-        input_hw=(H, W),
-        allow_random_weights=True,  # near-tied logits: any change in the arithmetic shows
-        backend="onnxruntime",
-        threads=threads,
-        max_batch=max_batch,
-        cache_dir=cache,
+    return build(
+        EngineSpec(
+            model="gun",
+            num_classes=K,
+            input_hw=(H, W),
+            backend="onnxruntime",
+            threads=threads,
+            max_batch=max_batch,
+            cache_dir=cache,
+        )
     )
 
 
@@ -174,17 +176,18 @@ def test_gun_forward_rewrites_equal_the_original_math() -> None:
 
 
 def test_gun_int8_first_convolutions_are_fp32_with_constant_inputs(tmp_path) -> None:
-    engine = create_engine(
-        model="gun",
-        num_classes=K,
-        input_hw=(H, W),
-        allow_random_weights=True,
-        backend="onnxruntime",
-        precision="int8",
-        threads=1,
-        max_batch=2,
-        cache_dir=tmp_path,
-        calib_count=2,
+    engine = build(
+        EngineSpec(
+            model="gun",
+            num_classes=K,
+            input_hw=(H, W),
+            backend="onnxruntime",
+            precision="int8",
+            threads=1,
+            max_batch=2,
+            cache_dir=tmp_path,
+            calib_frames=2,
+        )
     )
     model = onnx.load(str(engine.path))
     inits = {t.name for t in model.graph.initializer}

@@ -4,7 +4,6 @@ surgery, calibration and the bench helpers: test_engine_parts.py). Small: 64x128
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -13,17 +12,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
+from fitted import fitted_weights
 from safetensors.torch import save_file
 
 from seg_perception.data.synth import generate_frame
 from seg_perception.engines.base import EngineError
 from seg_perception.engines.cache import sidecar_path
-from seg_perception.engines.factory import create_engine
+from seg_perception.engines.factory import build
 from seg_perception.engines.onnx_backend import OnnxEngine
+from seg_perception.engines.spec import EngineSpec, resolve_weights
 from seg_perception.machine import INT8_MODES, choose_int8_mode, detect, has_bf16
 from seg_perception.networks import build_model
-from seg_perception.networks.export import SemanticExport, export_onnx
+from seg_perception.networks.export import export_onnx
 
 H, W = 64, 128
 K = 19
@@ -40,42 +40,9 @@ def _frames(seed: int, n: int) -> list:
     return [generate_frame(seed=seed, index=i, height=H, width=W) for i in range(n)]
 
 
-def _fit(model: str) -> torch.nn.Module:
-    """Seeded weights that behave like trained ones: 30 Adam steps on synthetic frames.
-
-    Freshly initialised networks have near-tied logits almost everywhere, so any rounding flips
-    their arg max; after a short fit the predictions have real margins, as a deployed network's
-    do. (Measured int8 agreement: ~96 % random-init vs >= 99.2 % after this fit.)
-    """
-    torch.manual_seed(0)
-    net = build_model(model, num_classes=K, **SWITCHES[model])
-    frames = _frames(seed=11, n=8)
-    x = torch.from_numpy(np.stack([f.image for f in frames]))
-    y = torch.from_numpy(np.stack([f.semantic for f in frames])).long()
-    wrapper = SemanticExport(net, export_logits=True).train()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(30):
-        idx = torch.randint(0, len(frames), (4,), generator=gen)
-        out = wrapper(x[idx])
-        out = out["out"] if isinstance(out, dict) else out
-        loss = F.cross_entropy(out, y[idx], ignore_index=255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("weights")
-    out = {}
-    for model in SWITCHES:
-        path = root / f"{model}.safetensors"
-        save_file({k: v.contiguous() for k, v in _fit(model).state_dict().items()}, str(path))
-        out[model] = path
-    return out
+    return fitted_weights(tmp_path_factory.mktemp("weights"), SWITCHES, num_classes=K, hw=(H, W))
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +53,15 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _engine(model: str, weights: Path, cache: Path, **kw):
     args = dict(
         model=model,
-        model_switches=SWITCHES[model],
+        switches=tuple(SWITCHES[model].items()),
         num_classes=K,
         input_hw=(H, W),
         weights=weights,
         cache_dir=cache,
         threads=1,
         max_batch=16,
-        calib_count=16,
     )
-    return create_engine(**{**args, **kw})
+    return build(EngineSpec(**{**args, **kw}))
 
 
 def _val() -> np.ndarray:
@@ -195,12 +161,11 @@ def test_panoptic_outputs_by_name_through_onnxruntime(cache) -> None:
         model="panoptic_asp",
         num_classes=K,
         input_hw=(H, 2 * W),
-        allow_random_weights=True,
         cache_dir=cache,
-        model_switches={"box_score_thresh": 0.0},
+        switches=(("box_score_thresh", 0.0),),
     )
-    ref = create_engine("panoptic", backend="torch", **kw)
-    ort_engine = create_engine("panoptic", backend="onnxruntime", **kw)
+    ref = build(EngineSpec(backend="torch", **kw))
+    ort_engine = build(EngineSpec(backend="onnxruntime", **kw))
     x = np.stack([f.image for f in [generate_frame(seed=99, index=0, height=H, width=2 * W)]])
     a, b = ref.infer(x), ort_engine.infer(x)
     names = ["boxes", "labels", "scores", "masks", "semantic_ids"]
@@ -213,7 +178,7 @@ def test_panoptic_outputs_by_name_through_onnxruntime(cache) -> None:
     np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.05)
     assert np.mean(a["semantic_ids"] == b["semantic_ids"]) >= 0.999
     with pytest.raises(EngineError, match="takes one image per call"):
-        create_engine("panoptic", backend="onnxruntime", max_batch=2, **kw)
+        build(EngineSpec(backend="onnxruntime", max_batch=2, **kw))
 
 
 # ------------------------------------------------------------------------------ export cache
@@ -241,14 +206,18 @@ def test_export_cache_reuses_and_rebuilds_on_new_weights(weights, cache, tmp_pat
 def test_missing_and_corrupt_onnx_name_the_file(tmp_path) -> None:
     missing = tmp_path / "nope.onnx"
     with pytest.raises(EngineError, match=rf"ONNX file {missing} not found"):
-        create_engine(
-            model="gun", num_classes=K, input_hw=(H, W), onnx=missing, backend="onnxruntime"
+        build(
+            EngineSpec(
+                model="gun", num_classes=K, input_hw=(H, W), artefact=missing, backend="onnxruntime"
+            )
         )
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07garbage" * 50)
     with pytest.raises(EngineError, match=rf"ONNX file {corrupt} cannot be"):
-        create_engine(
-            model="gun", num_classes=K, input_hw=(H, W), onnx=corrupt, backend="onnxruntime"
+        build(
+            EngineSpec(
+                model="gun", num_classes=K, input_hw=(H, W), artefact=corrupt, backend="onnxruntime"
+            )
         )
     with pytest.raises(EngineError, match=rf"ONNX file {corrupt} cannot be loaded by onnxruntime"):
         OnnxEngine(corrupt)
@@ -263,8 +232,9 @@ def test_missing_and_corrupt_weights_name_the_file(tmp_path) -> None:
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(EngineError, match=rf"weights file {corrupt}"):
         _engine("gun", corrupt, tmp_path, backend="torch")
-    with pytest.raises(EngineError, match="no weights file given"):
-        _engine("gun", None, tmp_path, backend="torch")
+    with pytest.raises(EngineError, match="parameter 'weights': no weights file given"):
+        resolve_weights(None, model="gun", allow_random_weights=False)
+    assert resolve_weights(missing, model="gun", allow_random_weights=True)[0] is None
 
 
 def test_class_count_mismatch_names_file_and_counts(tmp_path) -> None:
@@ -277,7 +247,11 @@ def test_class_count_mismatch_names_file_and_counts(tmp_path) -> None:
             match=rf"{plain}: the model predicts 5 classes but the "
             rf"label table has {K}",
         ):
-            create_engine(model="gun", num_classes=K, input_hw=(H, W), onnx=plain, backend=backend)
+            build(
+                EngineSpec(
+                    model="gun", num_classes=K, input_hw=(H, W), artefact=plain, backend=backend
+                )
+            )
     with pytest.raises(EngineError, match="predicts 5 classes but the label table has 19"):
         OnnxEngine(plain, num_classes=K)
     weights = tmp_path / "five.safetensors"
@@ -307,8 +281,14 @@ def test_wrong_input_shape_names_engine_and_shapes(weights, cache, tmp_path) -> 
     ):
         OnnxEngine(engine.path, input_hw=(128, 256))
     with pytest.raises(EngineError, match=r"input size \(64, 128\) differs from the configured"):
-        create_engine(
-            model="gun", num_classes=K, input_hw=(128, 256), onnx=engine.path, backend="onnxruntime"
+        build(
+            EngineSpec(
+                model="gun",
+                num_classes=K,
+                input_hw=(128, 256),
+                artefact=engine.path,
+                backend="onnxruntime",
+            )
         )
 
 
@@ -325,42 +305,68 @@ def test_unknown_provider_backend_precision(weights, cache) -> None:
         _engine("gun", weights["gun"], cache, backend="torch", precision="int8")
     with pytest.raises(EngineError, match="fp16 needs the TensorRT EP"):
         _engine("gun", weights["gun"], cache, backend="onnxruntime", precision="fp16")
-    with pytest.raises(EngineError, match="model 'panoptic_asp' is not a semantic network"):
-        create_engine(model="panoptic_asp", num_classes=K, input_hw=(H, W))
+    with pytest.raises(EngineError, match="model 'unet'; valid: gun, shelfnet, panoptic_asp"):
+        EngineSpec(model="unet", num_classes=K, input_hw=(H, W))
 
 
 # ------------------------------------------------------------------------------ build-engine
-def _build_args(*argv: str) -> argparse.Namespace:
-    from seg_perception.engines import build_engine_cli
+def _node_spec(weights: Path, cache: Path, **params) -> EngineSpec:
+    """The spec the node builds from its configuration with these parameters."""
+    from seg_perception.config import load_config
+    from seg_perception.engines import semantic_spec
+    from seg_perception.labels import load_label_table
 
-    parser = argparse.ArgumentParser()
-    build_engine_cli.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    values = dict(weights=str(weights), network_height=H, network_width=W, engine_cache=str(cache))
+    cfg = load_config(None, {**values, **params})
+    return semantic_spec(cfg, load_label_table(cfg.labels))[0]
 
 
-def test_build_engine_command(weights, cache, tmp_path, capsys) -> None:
-    from seg_perception.engines import build_engine_cli
+def test_build_engine_and_export_make_what_the_node_runs(weights, tmp_path, capsys) -> None:
+    """One path: build-engine's int8 model is the node's (same cache key, not rebuilt), export
+    writes the node's ONNX byte for byte, and engine_file runs a ready artefact."""
+    from seg_perception import cli
+    from seg_perception.engines import factory
     from seg_perception.engines.tensorrt_backend import tensorrt_available
 
-    fp32 = _engine("gun", weights["gun"], cache, backend="onnxruntime").path
-    argv = ["--model", str(fp32), "--backend", "onnxruntime", "--precision", "int8"]
-    argv += ["--calib", "synthetic", "--calib-count", "4", "--cache-dir", str(tmp_path)]
-    assert build_engine_cli.run(_build_args(*argv)) == 0
-    out = Path(capsys.readouterr().out.strip())
-    assert out.parent == tmp_path / "onnx" and out.is_file()
-    model = onnx.load(str(out))
+    cache = tmp_path / "cache"
+    common = ["--weights", str(weights["gun"]), "--network", f"{H}x{W}"]
+    common += ["--engine-cache", str(cache)]
+    argv = ["build-engine", *common, "--backend", "onnxruntime", "--precision", "int8"]
+    assert cli.main(argv) == 0
+    built = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert built.parent == cache / "onnx" and built.is_file()
+    model = onnx.load(str(built))
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     assert {p.key for p in model.metadata_props} >= {"seg_perception.num_classes"}
+    stamp = built.stat().st_mtime_ns
+    node = _node_spec(weights["gun"], cache, backend="onnxruntime", precision="int8")
+    assert factory.prepare(node) == built and built.stat().st_mtime_ns == stamp  # found, as is
     # provisioning for another kind of CPU: the int8 mode forced, a model of its own
-    assert build_engine_cli.run(_build_args(*argv, "--int8-mode", "u8s8_reduce_range")) == 0
-    reduced = Path(capsys.readouterr().out.strip())
-    assert reduced != out and reduced.is_file()
+    assert cli.main([*argv, "--int8-mode", "u8s8_reduce_range", "--calib-frames", "4"]) == 0
+    reduced = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reduced != built and reduced.is_file()
     key = json.loads(sidecar_path(reduced).read_text())["key"]
     assert key["settings"]["mode"] == "u8s8_reduce_range" and key["settings"]["reduce_range"]
+
+    out = tmp_path / "gun.onnx"
+    assert cli.main(["export", *common, "--out", str(out)]) == 0
+    fp32 = _node_spec(weights["gun"], cache)
+    assert out.read_bytes() == factory.export(fp32.with_(backend="onnxruntime")).read_bytes()
+    ready = _node_spec(weights["gun"], cache, backend="onnxruntime", engine_file=str(out))
+    assert ready.weights is None and ready.artefact == out
+    ids = factory.build(ready).infer(_val()[:1])["class_ids"]
+    ref = factory.build(fp32).infer(_val()[:1])["class_ids"]
+    assert np.mean(ids == ref) >= 0.999
+    with pytest.raises(EngineError, match=rf"{out}: input size \(64, 128\) differs"):
+        factory.build(ready.with_(input_hw=(128, 256)))
+
     with pytest.raises(SystemExit) as exit_info:  # refused while the arguments are read
-        _build_args("--model", str(tmp_path / "no.onnx"))
+        cli.main(["build-engine", "--weights", str(tmp_path / "no.safetensors")])
     assert exit_info.value.code == 2
-    assert "argument --model" in capsys.readouterr().err
+    assert "argument --weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["build-engine", "--model", str(out)])  # --model is a network name
+    assert "argument --model: invalid choice" in capsys.readouterr().err
     if not tensorrt_available():
-        assert build_engine_cli.run(_build_args("--model", str(fp32))) == 2
+        assert cli.main(["build-engine", *common]) == 2
         assert "TensorRT Python package is not installed" in capsys.readouterr().err

@@ -12,21 +12,15 @@ import pytest
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image
 
+from seg_perception.codec import image_from_ros, imgmsg_to_array
+from seg_perception.commands import eval as eval_cli
 from seg_perception.config import load_config
-from seg_perception.data.bag_io import (
-    BagError,
-    OutputBag,
-    image_from_ros,
-    read_bag_messages,
-    write_synth_bag,
-)
+from seg_perception.data.bag_io import BagError, OutputBag, read_bag_messages, write_synth_bag
 from seg_perception.data.synth import generate_frames
-from seg_perception.eval import eval_cli
 from seg_perception.eval.evaluate import build_pipeline, evaluate_bag, resolve_topics
-from seg_perception.eval.fusion_bench import gt_panoptic
 from seg_perception.labels import CITYSCAPES, IGNORE_ID, PANOPTIC_DIVISOR
 from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
-from seg_perception.ros.image_codec import imgmsg_to_array
+from seg_perception.panoptic import gt_panoptic
 
 N = 4
 OVERRIDES = {
@@ -89,8 +83,8 @@ def test_metrics_equal_metrics_computed_from_ground_truth(bag, pipeline, evaluat
         # the recorded output is the pipeline's, with the input header
         assert recorded[stamp].header.stamp == msg.header.stamp
         np.testing.assert_array_equal(imgmsg_to_array(recorded[stamp]), semantic)
-        gt_pan, _ = gt_panoptic(gt_sem, gt_inst)
-        gt_pan[gt_sem == IGNORE_ID] = IGNORE_ID * PANOPTIC_DIVISOR
+        gt_pan = gt_panoptic(gt_sem, gt_inst)
+        assert (gt_pan[gt_sem == IGNORE_ID] == IGNORE_ID * PANOPTIC_DIVISOR).all()
         sem_raw.update(semantic, gt_sem)
         sem_fused.update(pan.result.semantic, gt_sem)
         # the ASP head's own map, at its network resolution, brought to the frame by nearest

@@ -10,7 +10,7 @@ from seg_perception.config import default_config_path, load_config
 from seg_perception.data.bag_io import write_synth_bag
 from seg_perception.data.synth import generate_frames
 from seg_perception.eval.evaluate import build_pipeline, evaluate_bag
-from seg_perception.eval.live import _typed, evaluate_live, semantic_by_stamp
+from seg_perception.eval.live import evaluate_live, semantic_by_stamp, typed_overrides
 from seg_perception.labels import load_label_table
 
 SEM = "/camera/segmentation/semantic"
@@ -40,7 +40,7 @@ def test_live_outputs_equal_offline_pixel_for_pixel(bag, tmp_path):
     live = evaluate_live(
         bag, tmp_path / "live", overrides=params, rate=0.5, startup_timeout=150, write_report=False
     )
-    cfg = load_config(default_config_path(), _typed(params))
+    cfg = load_config(default_config_path(), typed_overrides(params))
     offline = evaluate_bag(
         bag,
         tmp_path / "offline",

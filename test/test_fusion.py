@@ -15,6 +15,7 @@ from seg_perception.fusion import (
     fuse,
     fuse_baseline,
     fuse_heuristic,
+    fusion_method,
 )
 from seg_perception.labels import CITYSCAPES
 
@@ -287,6 +288,12 @@ def test_fuse_dispatch_and_errors() -> None:
         fuse("heuristic", sem, inst, overlap_threshold=0.5)
     r = fuse("heuristic", sem, inst, score_threshold=0.95)
     assert r.instance.max() == 0
+    # resolved once (the pipeline binds it at construction): the same bound options every call
+    strict = fusion_method("heuristic", score_threshold=0.95)
+    for _ in range(2):
+        np.testing.assert_array_equal(strict(sem, inst).panoptic, r.panoptic)
+    with pytest.raises(ValueError, match="unknown option"):
+        fusion_method("baseline", min_new_instance_area=4)
     with pytest.raises(ValueError, match="not thing trainIds"):
         fuse_heuristic(sem, _inst([np.ones((4, 4), bool)], [ROAD], [0.9]))
     with pytest.raises(ValueError, match="masks are"):

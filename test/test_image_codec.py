@@ -13,8 +13,9 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from seg_perception.ros import compressed_codec as cc
-from seg_perception.ros import image_codec as ic
+from seg_perception import codec as ic
+from seg_perception.codec import compressed as cc
+from seg_perception.codec import image as raw_codec
 
 # (dtype, channels) per encoding, written out from cv_bridge's getCvType table.
 ENCODINGS: dict[str, tuple[type, int]] = {
@@ -402,7 +403,7 @@ def _fake_cv_bridge(*, broken: bool, calls: list | None = None) -> types.ModuleT
                 calls.append(img_msg.encoding)
             if broken:  # what a NumPy-1-era build does on NumPy 2
                 raise AttributeError("'numpy.ndarray' object has no attribute 'newbyteorder'")
-            return ic._own_imgmsg_to_array(img_msg, copy=False)
+            return raw_codec._own_imgmsg_to_array(img_msg, copy=False)
 
     module = types.ModuleType("cv_bridge")
     module.CvBridge = CvBridge
@@ -412,22 +413,22 @@ def _fake_cv_bridge(*, broken: bool, calls: list | None = None) -> types.ModuleT
 def test_cv_bridge_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SEG_PERCEPTION_NO_CV_BRIDGE", raising=False)
     monkeypatch.setitem(__import__("sys").modules, "cv_bridge", _fake_cv_bridge(broken=False))
-    assert ic._probe_cv_bridge() is not None
+    assert raw_codec._probe_cv_bridge() is not None
     monkeypatch.setenv("SEG_PERCEPTION_NO_CV_BRIDGE", "1")
-    assert ic._probe_cv_bridge() is None
+    assert raw_codec._probe_cv_bridge() is None
     monkeypatch.delenv("SEG_PERCEPTION_NO_CV_BRIDGE")
     monkeypatch.setitem(__import__("sys").modules, "cv_bridge", _fake_cv_bridge(broken=True))
-    assert ic._probe_cv_bridge() is None
+    assert raw_codec._probe_cv_bridge() is None
     monkeypatch.setitem(__import__("sys").modules, "cv_bridge", None)  # import fails
-    assert ic._probe_cv_bridge() is None
+    assert raw_codec._probe_cv_bridge() is None
     if importlib.util.find_spec("cv_bridge") is None:
         assert ic.HAVE_CV_BRIDGE is False and ic.BACKEND == "numpy"
-    assert (ic._BRIDGE is not None) == ic.HAVE_CV_BRIDGE
+    assert (raw_codec._BRIDGE is not None) == ic.HAVE_CV_BRIDGE
 
 
 def test_cv_bridge_used_only_where_it_is_right(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(ic, "_BRIDGE", _fake_cv_bridge(broken=False, calls=calls).CvBridge())
+    monkeypatch.setattr(raw_codec, "_BRIDGE", _fake_cv_bridge(broken=False, calls=calls).CvBridge())
     arr = make_array("mono16")
     assert_same(ic.imgmsg_to_array(raw_msg(arr, "mono16", pad=4)), arr)
     assert calls == ["mono16"]
@@ -438,3 +439,88 @@ def test_cv_bridge_used_only_where_it_is_right(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ic.ImageDecodeError):
         ic.imgmsg_to_array(bad)
     assert calls == ["mono16"]
+
+
+# ------------------------------------------------------------------------------ ground truth
+@pytest.mark.parametrize("encoding", ic.GT_ENCODINGS)
+def test_image_from_ros_decodes_ground_truth_like_camera_frames(encoding: str) -> None:
+    dtype, channels = ic.encoding_info(encoding)
+    rng = np.random.default_rng(3)
+    shape = (3, 5) if channels == 1 else (3, 5, channels)
+    arr = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    for pad, big in ((0, False), (3, True)):
+        msg = raw_msg(arr, encoding, pad=pad, big=big)
+        assert_same(ic.image_from_ros(msg), arr)
+        assert_same(ic.image_from_ros(msg, copy=True), ic.imgmsg_to_array(msg))
+    msg = raw_msg(arr, encoding)
+    msg.data = array.array("B", bytes(msg.data) + b"\0")  # trailing byte: the one ROS rule
+    with pytest.raises(ic.ImageDecodeError) as info:
+        ic.image_from_ros(msg)
+    assert info.value.reason == "data_too_long"
+
+
+def test_image_from_ros_refuses_camera_encodings() -> None:
+    msg = ic.array_to_imgmsg(make_array("bgr8"), "bgr8")
+    assert_same(ic.to_rgb8(ic.imgmsg_to_array(msg), "bgr8"), ic.msg_to_rgb8(msg))
+    with pytest.raises(ic.ImageDecodeError, match="'bgr8'") as info:
+        ic.image_from_ros(msg)
+    assert info.value.reason == "unsupported_encoding" and isinstance(info.value, ValueError)
+
+
+def test_check_image_fields_dispatches_on_message_type() -> None:
+    msg = ic.array_to_imgmsg(make_array("rgb8"), "rgb8")  # 3x4
+    ic.check_image_fields(msg, max_pixels=12)
+    with pytest.raises(ic.ImageDecodeError) as info:
+        ic.check_image_fields(msg, max_pixels=11)
+    assert info.value.reason == "too_large"
+    ic.check_image_fields(cc.encode_compressed(make_array("rgb8"), fmt="png"))
+    with pytest.raises(ic.ImageDecodeError) as info:
+        ic.check_image_fields(_compressed(b""))
+    assert info.value.reason == "empty"
+    with pytest.raises(TypeError):
+        ic.check_image_fields(Header())
+
+
+# ------------------------------------------------------------------------------ stamps
+def test_stamp_ns_of_headers_and_times() -> None:
+    from builtin_interfaces.msg import Time
+
+    header = Header(stamp=Time(sec=1_700_000_000, nanosec=999_999_999), frame_id="c")
+    assert ic.stamp_ns(header) == ic.stamp_ns(header.stamp) == 1_700_000_000_999_999_999
+    assert ic.stamp_ns(types.SimpleNamespace(sec=2, nanosec=5)) == 2_000_000_005  # rosbags-like
+    with pytest.raises(TypeError, match="Header"):
+        ic.stamp_ns(object())
+
+
+# ------------------------------------------------------------------------------ layering
+def test_codec_sits_below_every_other_layer() -> None:
+    """The codec imports only itself, ``errors`` and ``choices`` from the package (function-level
+    imports included), and importing it loads neither ROS nor torch."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    allowed = ("seg_perception.codec", "seg_perception.errors", "seg_perception.choices")
+    package = Path(raw_codec.__file__).parent
+    seen = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import"
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.split(".")[0] == "seg_perception":
+                    seen.append(name)
+                    assert name.startswith(allowed), f"{path.name} imports {name}"
+    assert "seg_perception.codec.encodings" in seen  # the walk did see the package's imports
+    code = (
+        "import sys, seg_perception.codec\n"
+        "bad = [m for m in ('rclpy', 'sensor_msgs', 'torch', 'rosbags') if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

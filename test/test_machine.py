@@ -175,7 +175,7 @@ def test_info_json_matches_detect(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_info_ros_environment_names_rmw_and_dds_profile(tmp_path: Path) -> None:
-    from seg_perception.info_cli import ros_environment
+    from seg_perception.commands.info import ros_environment
 
     ros = ros_environment({})
     assert ros["rmw_implementation"] == "rmw_fastrtps_cpp" and ros["rmw_source"] == "default"
@@ -193,7 +193,7 @@ def test_info_ros_environment_names_rmw_and_dds_profile(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ benchmarks
 def test_benchmark_tables_name_their_machine(capsys: pytest.CaptureFixture[str]) -> None:
-    from seg_perception.bench import NODE_STAGES, print_node_table
+    from seg_perception.commands.bench import NODE_STAGES, print_node_table
     from seg_perception.engines.bench_engines import print_table
     from seg_perception.eval.fusion_bench import print_fusion_table
 

@@ -9,6 +9,7 @@ import pytest
 
 from seg_perception.labels import CITYSCAPES
 from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
+from seg_perception.panoptic import gt_panoptic
 
 ROAD, SIDEWALK, BUILDING, SKY, PERSON, CAR = 0, 1, 2, 10, 11, 13
 VOID = 255
@@ -171,6 +172,30 @@ def test_pq_crowd_region_not_fn_and_covering_segment_not_fp() -> None:
     pq.update(pred, gt)
     car = pq.compute()["per_class"]["car"]
     assert (car["tp"], car["fp"], car["fn"]) == (0, 0, 0)
+
+
+def test_ground_truth_panoptic_ids() -> None:
+    """trainIds + Cityscapes instanceIds -> what PQ scores against (one implementation for the
+    trainer's validation, ``eval`` and ``bench fusion``)."""
+    semantic = np.array([[0, 13, 13, 255], [11, 11, 13, 2]], np.uint8)
+    instance = np.array([[7, 26000, 26000, 0], [24001, 24001, 26, 11]], np.int32)
+    # k = 1..N through the frame in instanceId order; car without instance (26) is crowd, k = 0
+    expected = [[0, 13002, 13002, 255000], [11001, 11001, 13000, 2000]]
+    assert gt_panoptic(semantic, instance).tolist() == expected
+    no_instances = [[0, 13000, 13000, 255000], [11000, 11000, 13000, 2000]]
+    assert gt_panoptic(semantic, None).tolist() == no_instances
+    # index 999 stays in its class; instanceIds on stuff / void pixels are ignored; two
+    # instanceIds on one class (car and truck ids on pixels the labels call car) stay apart
+    sem = np.array([[13, 13, 0, 255, 13]], np.uint8)
+    inst = np.array([[26999, 26998, 7001, 26000, 27000]], np.int32)
+    assert gt_panoptic(sem, inst).tolist() == [[13002, 13001, 0, 255000, 13003]]
+    pq = PanopticQuality()
+    pq.update(gt_panoptic(semantic, instance), gt_panoptic(semantic, instance))
+    r = pq.compute()
+    assert r["all"]["pq"] == 1.0 and r["per_class"]["car"]["tp"] == 1  # the crowd is no segment
+    many = np.full((1, 1000), 13, np.uint8)
+    with pytest.raises(ValueError, match="1000 instances"):
+        gt_panoptic(many, 26000 + np.arange(1000, dtype=np.int32)[None])
 
 
 def test_pq_merge_equals_single_stream() -> None:

@@ -17,10 +17,11 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
+from waiting import poll_until, wait_for, wait_matched
 
+from seg_perception.codec import array_to_imgmsg, imgmsg_to_array
 from seg_perception.labels import CITYSCAPES
 from seg_perception.ros.bridge import loopback_env, node_command
-from seg_perception.ros.image_codec import array_to_imgmsg, imgmsg_to_array
 from seg_perception.ros.node import OUTPUT_QOS, OUTPUT_TOPICS, SegNode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ class Harness:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._keep("diag"), 10)
         topic = "image" if input_type is Image else "image/compressed"
         self.pub = self.node.create_publisher(input_type, topic, 10)
+        self.nodes = nodes
         self.executor = MultiThreadedExecutor(num_threads=2)
         for n in (self.node, *nodes):
             self.executor.add_node(n)
@@ -73,24 +75,55 @@ class Harness:
         return callback
 
     def wait_for(self, predicate, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        with self.cv:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cv.wait(min(left, 0.1))
-        return True
+        """True once ``predicate()`` holds (evaluated under the lock of the received lists),
+        False after ``timeout`` seconds."""
+        return poll_until(predicate, timeout, cv=self.cv)
 
-    def wait_subscribed(self, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while self.pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.pub.get_subscription_count() > 0, "node never subscribed to the input"
+    def wait_subscribed(self, timeout=30.0):
+        """Until the input publisher is matched at both ends (the in-process nodes included)."""
+        wait_matched(self.pub, self.nodes, timeout)
 
     def close(self):
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+def _wait_wanted(node, n, timeout=30.0):
+    """Until the node sees subscribers on ``n`` of its outputs (graph discovery lags)."""
+    wait_for(
+        lambda: len(node.wanted_outputs()) >= n,
+        timeout,
+        lambda: f"subscribers on {n} outputs (the node sees {sorted(node.wanted_outputs())})",
+    )
+
+
+def _unaccounted(stats) -> int:
+    """Frames received and not (yet) processed or dropped for a counted reason."""
+    done = (
+        stats.processed
+        + stats.dropped_stale
+        + stats.dropped_deadline
+        + stats.skipped_no_subscribers
+        + stats.bad_total
+        + stats.engine_errors
+    )
+    return stats.received - done
+
+
+def _wait_all_accounted(stats, timeout=30.0):
+    """Until every frame received so far was processed or dropped: the counters are final."""
+    wait_for(
+        lambda: _unaccounted(stats) == 0,
+        timeout,
+        lambda: f"every received frame to be accounted for ({_unaccounted(stats)} are not)",
+    )
+
+
+def _camera_values(node, diag: DiagnosticArray) -> dict[str, str] | None:
+    """The key/values of ``node``'s (first) camera status in a /diagnostics message."""
+    prefix = f"{node.get_fully_qualified_name()}: camera "
+    status = next((s for s in diag.status if s.name.startswith(prefix)), None)
+    return None if status is None else {kv.key: kv.value for kv in status.values}
 
 
 def _image(height=96, width=160, stamp=(12, 345), seed=0):
@@ -108,9 +141,7 @@ def test_in_process_every_output_with_input_header(ros):
         assert h.wait_for(lambda: h.received["labels"]), "latched labels topic not received"
         labels = json.loads(h.received["labels"][0].data)
         assert len(labels["train_ids"]) == 19
-        deadline = time.monotonic() + 10
-        while len(node.wanted_outputs()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_wanted(node, 3)
         rgb, msg = _image()
         h.pub.publish(msg)
         assert h.wait_for(lambda: all(h.received[t] for t in OUTPUT_TOPICS))
@@ -126,9 +157,17 @@ def test_in_process_every_output_with_input_header(ros):
         overlay = imgmsg_to_array(h.received["segmentation/overlay"][0])
         expected = cv2.addWeighted(rgb, 0.5, colour, 0.5, 0.0)
         assert np.abs(overlay.astype(int) - expected).max() <= 1
-        assert h.wait_for(lambda: h.received["diag"], timeout=5)
-        values = {kv.key: kv.value for kv in h.received["diag"][-1].status[0].values}
-        assert int(values["frames_processed"]) == 1
+
+        # diagnostics published before the frame was done say 0 frames (set-up may have taken
+        # several periods): wait for the first status that counts the frame, then check it
+        # counts exactly that one
+        def counting() -> list[dict[str, str]]:
+            values = [_camera_values(node, m) for m in h.received["diag"]]
+            return [v for v in values if v and int(v["frames_processed"]) > 0]
+
+        assert h.wait_for(counting, timeout=30), "no /diagnostics status counted the frame"
+        values = counting()[0]
+        assert (values["frames_received"], values["frames_processed"]) == ("1", "1"), values
     finally:
         h.close()
         node.shutdown()
@@ -151,13 +190,13 @@ def test_bad_frames_are_counted_and_next_good_frame_answered(ros):
         bad.append(("empty", Image(height=0, width=0, encoding="rgb8", step=0)))
         for i, (reason, msg) in enumerate(bad, start=1):
             h.pub.publish(msg)
-            deadline = time.monotonic() + 10
-            while node.stats.bad_total < i and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for(lambda i=i: node.stats.bad_total >= i, 30, f"bad frame {i} to be counted")
             assert node.stats.bad_reasons[reason] == 1, (reason, dict(node.stats.bad_reasons))
         h.pub.publish(good)
-        assert h.wait_for(lambda: h.received["segmentation/semantic"])
-        assert node.stats.processed == 1 and node.stats.bad_total == 3
+        assert h.wait_for(lambda: h.received["segmentation/semantic"]), "good frame unanswered"
+        _wait_all_accounted(node.stats)  # the frame is counted after all its outputs went out
+        stats = node.stats
+        assert (stats.received, stats.processed, stats.bad_total) == (4, 1, 3)
     finally:
         h.close()
         node.shutdown()
@@ -174,9 +213,7 @@ def test_corrupt_jpeg_on_compressed_input(ros):
         assert ok
         corrupt = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes()[:40])
         h.pub.publish(corrupt)
-        deadline = time.monotonic() + 10
-        while node.stats.bad_total < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: node.stats.bad_total >= 1, 30, "the corrupt JPEG to be counted")
         assert node.stats.bad_reasons["corrupt_compressed"] == 1
         good = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes())
         good.header.frame_id = "cam_front"
@@ -196,9 +233,7 @@ def test_only_subscribed_outputs_are_computed(ros):
     got = []
     listener.create_subscription(Image, "segmentation/semantic", got.append, OUTPUT_QOS)
     try:
-        deadline = time.monotonic() + 10
-        while not node.wanted_outputs() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_wanted(node, 1)
         assert node.wanted_outputs() == {"semantic"}
         _, msg = _image()
         timings = node.process_message(msg)
@@ -212,35 +247,61 @@ def test_only_subscribed_outputs_are_computed(ros):
 
 
 def test_latest_frame_policy_drops_stale_frames(ros):
+    """Frames that arrive while the engine is busy replace each other in a one-slot mailbox:
+    the engine then gets the newest, never a queue of old ones. The engine is held on frame 0
+    (no timing involved); input is best effort, so which frames arrive is not asserted."""
     node = SegNode(parameter_overrides=SMALL)
     real_infer = node.pipeline.engine.infer
+    entered, release = threading.Event(), threading.Event()
 
-    def slow_infer(batch):
-        time.sleep(0.3)
+    def held_infer(batch):
+        if not entered.is_set():  # one worker thread: no race on the first call
+            entered.set()
+            release.wait(120)  # bounded, so that a failed test never leaves the worker stuck
         return real_infer(batch)
 
-    node.pipeline.engine.infer = slow_infer
+    node.pipeline.engine.infer = held_infer
     h = Harness(nodes=(node,))
+    stats = node.stats
+    semantic = h.received["segmentation/semantic"]
     try:
         h.wait_subscribed()
-        deadline = time.monotonic() + 10
-        while len(node.wanted_outputs()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for i in range(8):
+        _wait_wanted(node, 3)
+        frame0 = _image(stamp=(0, 0), seed=0)[1]
+        for _ in range(30):  # resent while unanswered: best effort may lose a frame
+            h.pub.publish(frame0)
+            if entered.wait(2.0):
+                break
+        assert entered.is_set(), "the engine never got frame 0"
+        for i in range(1, 8):
             h.pub.publish(_image(stamp=(i, 0), seed=i)[1])
-            time.sleep(0.03)
-        assert h.wait_for(
-            lambda: any(m.header.stamp.sec == 7 for m in h.received["segmentation/semantic"]),
-            timeout=20,
+        # one frame in the engine, one waiting, every other one replaced and counted
+        wait_for(
+            lambda: stats.received >= 3 and stats.dropped_stale == stats.received - 2,
+            30,
+            lambda: (
+                "frames behind the busy engine to replace each other (received "
+                f"{stats.received}, dropped_stale {stats.dropped_stale}, processed "
+                f"{stats.processed})"
+            ),
         )
-        time.sleep(0.4)
-        stats = node.stats
-        assert stats.received == 8
-        assert stats.dropped_stale >= 3  # a slow engine never builds a queue
-        assert stats.processed + stats.dropped_stale == 8
-        stamps = [m.header.stamp.sec for m in h.received["segmentation/semantic"]]
-        assert stamps == sorted(stamps) and stamps[-1] == 7
+        assert stats.processed == 0
+        release.set()
+        last = _image(stamp=(7, 0), seed=7)[1]
+        for _ in range(15):  # the last frame, resent while unanswered (best effort)
+            if h.wait_for(lambda: any(m.header.stamp.sec == 7 for m in semantic), timeout=2.0):
+                break
+            h.pub.publish(last)
+        assert h.wait_for(lambda: any(m.header.stamp.sec == 7 for m in semantic), timeout=1.0), (
+            "frame 7 never answered"
+        )
+        _wait_all_accounted(stats)
+        assert stats.processed + stats.dropped_stale == stats.received
+        assert stats.dropped_stale >= 1 and stats.processed < stats.received
+        stamps = [m.header.stamp.sec for m in semantic]
+        assert stamps[0] == 0 and stamps[-1] == 7 and stamps == sorted(stamps), stamps
     finally:
+        release.set()
         h.close()
         node.shutdown()
         node.destroy_node()
@@ -260,8 +321,9 @@ def test_subprocess_refuses_without_weights_naming_the_parameter():
 def test_subprocess_rejects_invalid_and_unknown_parameters():
     result = _run_node("-p", "overlay_alpha:=3.0")
     assert result.returncode == 2 and "overlay_alpha" in result.stderr
-    result = _run_node("-p", "overlay_alpa:=0.3")
-    assert result.returncode == 2 and "overlay_alpa" in result.stderr
+    # -p without a node name is for every node (rcl files it under /**): warned about, ignored
+    result = _run_node("-p", "overlay_alpa:=0.3", "-p", "weights:=/nonexistent/gun.safetensors")
+    assert result.returncode == 2 and "ignoring parameter(s) 'overlay_alpa'" in result.stderr
 
 
 def test_subprocess_from_params_file_on_remapped_namespace(ros):
@@ -289,6 +351,7 @@ def test_subprocess_from_params_file_on_remapped_namespace(ros):
         while not h.received["segmentation/semantic"] and time.monotonic() < deadline:
             h.pub.publish(msg)  # subscription matching may lag discovery: resend until answered
             h.wait_for(lambda: h.received["segmentation/semantic"], timeout=1.0)
+        assert h.received["segmentation/semantic"], "the node never answered a frame"
         out = h.received["segmentation/semantic"][0]
         assert (out.header.stamp.sec, out.header.stamp.nanosec, out.header.frame_id) == (
             77,
@@ -309,24 +372,17 @@ def test_subprocess_from_params_file_on_remapped_namespace(ros):
     assert "Traceback" not in log
 
 
-def test_subprocess_params_file_key_must_match_namespace(tmp_path):
-    body = "  ros__parameters:\n    allow_random_weights: true\n    network_height: 64\n"
-    plain = tmp_path / "plain.yaml"
-    plain.write_text("seg_node:\n" + body)
-    cmd = node_command(plain, namespace="/ns_check")
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=loopback_env())
-    assert result.returncode == 2
-    assert "plain.yaml" in result.stderr and "/**/seg_node" in result.stderr
+def test_subprocess_params_file_unknown_key_of_the_node_stops_it(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("/**/seg_node:\n  ros__parameters:\n    network_hieght: 64\n")
     result = subprocess.run(
         node_command(bad), capture_output=True, text=True, timeout=120, env=loopback_env()
     )
     assert result.returncode == 2
-    assert "bad.yaml" in result.stderr and "network_hieght" in result.stderr
+    assert "/seg_node" in result.stderr and "'network_hieght'" in result.stderr
 
 
-def _panoptic_node(mode: str, every_n: int = 1):
+def _panoptic_node(mode: str, every_n: int = 1, *extra: Parameter):
     params = [p for p in SMALL if p.name not in ("panoptic.enabled",)]
     return SegNode(
         parameter_overrides=[
@@ -338,6 +394,7 @@ def _panoptic_node(mode: str, every_n: int = 1):
             Parameter("panoptic.network_height", value=128),
             Parameter("panoptic.network_width", value=256),
             Parameter("panoptic.score_threshold", value=0.0),
+            *extra,
         ]
     )
 
@@ -354,9 +411,7 @@ def test_panoptic_sync_every_n_frames_with_input_header(ros):
     _panoptic_listener(h)
     try:
         h.wait_subscribed()
-        deadline = time.monotonic() + 10
-        while len(node.wanted_outputs()) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_wanted(node, 6)
         for i in range(3):
             h.pub.publish(_image(stamp=(100 + i, 0), seed=i)[1])
             assert h.wait_for(
@@ -364,17 +419,17 @@ def test_panoptic_sync_every_n_frames_with_input_header(ros):
                     m.header.stamp.sec == 100 + i for m in h.received["segmentation/semantic"]
                 )
             )
+        # each topic's messages arrive in order: once frame 2's is in, nothing before is missing
         assert h.wait_for(
             lambda: all(
-                len(h.received[t]) >= 2
+                any(m.header.stamp.sec == 102 for m in h.received[t])
                 for t in (
                     "segmentation/instance",
                     "segmentation/panoptic",
                     "segmentation/panoptic_color",
                 )
             )
-        )
-        time.sleep(0.3)
+        ), {t: [m.header.stamp.sec for m in v] for t, v in h.received.items()}
         for topic, encoding in (
             ("segmentation/instance", "mono16"),
             ("segmentation/panoptic", "32SC1"),
@@ -403,19 +458,64 @@ def test_panoptic_async_never_publishes_under_a_foreign_stamp(ros):
     _panoptic_listener(h)
     try:
         h.wait_subscribed()
-        deadline = time.monotonic() + 10
-        while len(node.wanted_outputs()) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_wanted(node, 6)
+        # a stream the semantic path answers frame by frame while the slower ASP model works
+        # on the newest frame it was offered
         for i in range(6):
             h.pub.publish(_image(stamp=(200 + i, 0), seed=i)[1])
-            time.sleep(0.05)
-        assert h.wait_for(lambda: len(h.received["segmentation/panoptic"]) >= 1, timeout=30)
-        time.sleep(1.0)
+            assert h.wait_for(
+                lambda i=i: any(
+                    m.header.stamp.sec == 200 + i for m in h.received["segmentation/semantic"]
+                )
+            ), f"frame {200 + i} unanswered"
+        # the last frame offered to the ASP model is never replaced: its answer comes, and
+        # (one writer, in order) every earlier panoptic message is in by then
+        assert h.wait_for(
+            lambda: any(m.header.stamp.sec == 205 for m in h.received["segmentation/panoptic"]),
+            timeout=60,
+        ), [m.header.stamp.sec for m in h.received["segmentation/panoptic"]]
         semantic = {m.header.stamp.sec for m in h.received["segmentation/semantic"]}
         panoptic = [m.header.stamp.sec for m in h.received["segmentation/panoptic"]]
-        assert set(panoptic) <= semantic and len(panoptic) == len(set(panoptic))
-        assert panoptic == sorted(panoptic)
+        assert semantic == set(range(200, 206))
+        assert set(panoptic) <= semantic and len(panoptic) == len(set(panoptic)), panoptic
+        assert panoptic == sorted(panoptic), panoptic
     finally:
         h.close()
         node.shutdown()
         node.destroy_node()
+
+
+def test_per_frame_path_checks_once_and_runs_only_the_engines_read(ros, monkeypatch):
+    """Each frame's fields are checked once; with only panoptic topics read, the real-time
+    engine runs when the fusion takes its map, and not at all when it takes the ASP model's."""
+    from seg_perception.codec import image as image_codec
+
+    checks = []
+    original = image_codec._validate
+    monkeypatch.setattr(image_codec, "_validate", lambda msg: checks.append(msg) or original(msg))
+    for source, engine_calls in (("realtime", 1), ("asp", 0)):
+        node = _panoptic_node("sync", 1, Parameter("fusion.semantic_source", value=source))
+        listener = rclpy.create_node("only_panoptic")
+        got = []
+        listener.create_subscription(Image, "segmentation/panoptic", got.append, OUTPUT_QOS)
+        try:
+            _wait_wanted(node, 1)
+            assert node.wanted_outputs() == {"panoptic"}
+            checks.clear()
+            _, msg = _image(stamp=(300, 0))
+            assert node.process_message(msg) is not None
+            assert len(checks) == 1  # the arrival check; decoding trusts it
+            assert node.pipeline.engine_calls == engine_calls, source
+            executor = rclpy.executors.SingleThreadedExecutor()
+            executor.add_node(listener)
+            wait_for(
+                lambda e=executor, g=got: e.spin_once(timeout_sec=0.05) or g,
+                30,
+                f"the panoptic answer ({source})",
+            )
+            assert got[-1].header.stamp.sec == 300
+            executor.shutdown()
+        finally:
+            listener.destroy_node()
+            node.shutdown()
+            node.destroy_node()

@@ -15,13 +15,14 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from waiting import poll_until, wait_for, wait_matched
 
 from seg_perception import config as cfgmod
+from seg_perception.codec import array_to_imgmsg, imgmsg_to_array
 from seg_perception.labels import CITYSCAPES
 from seg_perception.pipeline import build_pipeline
 from seg_perception.ros.bridge import loopback_env, node_command
 from seg_perception.ros.diagnostics import camera_level
-from seg_perception.ros.image_codec import array_to_imgmsg, imgmsg_to_array
 from seg_perception.ros.node import OUTPUT_QOS, SegNode
 
 SMALL = {
@@ -83,25 +84,40 @@ class Listener:
 
         return cb
 
-    def wait(self, predicate, timeout=20.0):
-        end = time.monotonic() + timeout
-        with self.cv:
-            while not predicate():
-                if time.monotonic() > end:
-                    return False
-                self.cv.wait(0.1)
-        return True
+    def wait(self, predicate, timeout=30.0):
+        """True once ``predicate()`` holds (evaluated under the lock of the received lists),
+        False after ``timeout`` seconds."""
+        return poll_until(predicate, timeout, cv=self.cv)
 
     def close(self):
         self.executor.shutdown()
         self.node.destroy_node()
 
 
-def _wait_subscribed(node, camera, n=1, timeout=10.0):
-    end = time.monotonic() + timeout
-    while len(node.wanted_outputs(camera)) < n and time.monotonic() < end:
-        time.sleep(0.05)
-    assert node.wanted_outputs(camera), f"no subscriber seen on camera {camera!r}"
+def _wait_subscribed(node, camera, n=1, timeout=30.0):
+    wait_for(
+        lambda: len(node.wanted_outputs(camera)) >= n,
+        timeout,
+        f"subscribers on {n} output(s) of camera {camera!r}",
+    )
+
+
+def _wait_reload_done(node, timeout, serve=None):
+    """Until the background engine reload ended; with ``serve``, the node answers that
+    message meanwhile (the old engine serves during the build)."""
+
+    def done():
+        if not node.reloader.busy:
+            return True
+        if serve is not None:
+            node.process_message(serve)
+        return False
+
+    wait_for(
+        done,
+        timeout,
+        lambda: f"the engine reload to end (last error: {node.semantic_health.reload_error!r})",
+    )
 
 
 def _close(node, *others):
@@ -143,22 +159,21 @@ def test_two_cameras_one_engine_call_each_output_with_its_own_header(ros):
         _wait_subscribed(node, "front")
         _wait_subscribed(node, "left")
         for pub in (pub_front, pub_left):
-            end = time.monotonic() + 10
-            while pub.get_subscription_count() == 0 and time.monotonic() < end:
-                time.sleep(0.05)
+            wait_matched(pub, (node,))
         pub_front.publish(_msg(0, "front_optical", (1, 0))[1])  # blocks the worker
-        end = time.monotonic() + 10
-        while not calls and time.monotonic() < end:
-            time.sleep(0.02)
+        wait_for(lambda: calls, 30, "the engine call of the first front frame")
         rgb_f, msg_f = _msg(1, "front_optical", (2, 0), height=40, width=72)
         rgb_l, msg_l = _msg(2, "left_optical", (3, 0))
         pub_front.publish(msg_f)
         pub_left.publish(msg_l)
-        end = time.monotonic() + 10
-        while (
-            node.cameras["front"].stats.received < 2 or node.cameras["left"].stats.received < 1
-        ) and time.monotonic() < end:
-            time.sleep(0.02)
+        wait_for(
+            lambda: (
+                node.cameras["front"].stats.received >= 2
+                and node.cameras["left"].stats.received >= 1
+            ),
+            30,
+            "the second front frame and the left frame to arrive while the engine is held",
+        )
         gate.set()
         assert listener.wait(
             lambda: len(listener.got[topics[0]]) >= 2 and len(listener.got[topics[1]]) >= 1
@@ -275,9 +290,7 @@ def test_reload_switches_model_and_refuses_missing_weights(ros, tmp_path):
         old_name = node.pipeline.engine.name
         result = node.set_parameters([Parameter("model", value="shelfnet")])[0]
         assert result.successful, result.reason
-        while node.reloader.busy:
-            node.process_message(msg)  # the old engine serves during the build
-            time.sleep(0.05)
+        _wait_reload_done(node, 120, serve=msg)  # the old engine serves during the build
         assert node.reloader.reloads == 1 and node.cfg.model == "shelfnet"
         assert node.pipeline.engine.name != old_name and "shelfnet" in node.pipeline.engine.name
         node.process_message(msg)
@@ -324,9 +337,7 @@ def test_reload_switches_model_and_refuses_missing_weights(ros, tmp_path):
             ]
         )
         assert result.successful, result.reason
-        end = time.monotonic() + 60
-        while node.reloader.busy and time.monotonic() < end:
-            time.sleep(0.05)
+        _wait_reload_done(node, 120)
         assert node.pipeline.engine is current
         assert "other_tensors" in node.semantic_health.reload_error
         assert node.get_parameter("weights").value == SMALL["weights"]  # put back
@@ -353,9 +364,7 @@ def test_reload_of_the_model_alone_takes_its_shipped_weights(ros):
         assert "gun" in node.pipeline.engine.name
         result = node.set_parameters([Parameter("model", value="shelfnet")])[0]
         assert result.successful, result.reason
-        end = time.monotonic() + 120
-        while node.reloader.busy and time.monotonic() < end:
-            time.sleep(0.05)
+        _wait_reload_done(node, 120)
         assert node.reloader.reloads == 1, node.semantic_health.reload_error
         assert "shelfnet" in node.pipeline.engine.name and node.cfg.model == "shelfnet"
         assert node.get_parameter("weights").value == ""
@@ -380,21 +389,18 @@ def test_reload_failing_at_once_still_puts_the_values_back(ros, monkeypatch):
     node = SegNode(parameter_overrides=_params())
     seen = []
 
-    def fail_at_once(cfg, labels, **kwargs):
-        seen.append((cfg.weights, node.get_parameter("weights").value))
+    def fail_at_once(spec):
+        seen.append(node.get_parameter("weights").value)
         raise RuntimeError("engine build failed")
 
-    monkeypatch.setattr("seg_perception.engines.create_semantic_engine", fail_at_once)
+    monkeypatch.setattr("seg_perception.engines.factory.build", fail_at_once)
     try:
         for attempt in range(5):
             wanted = f"other_{attempt}.safetensors"
             result = node.set_parameters_atomically([Parameter("weights", value=wanted)])
             assert result.successful, result.reason
-            end = time.monotonic() + 30
-            while node.reloader.busy and time.monotonic() < end:
-                time.sleep(0.01)
-            assert not node.reloader.busy
-            assert seen[-1] == (wanted, wanted)  # the build ran after rclpy stored the value
+            _wait_reload_done(node, 60)
+            assert seen[-1] == wanted  # the build ran after rclpy stored the value
             assert node.get_parameter("weights").value == SMALL["weights"]  # put back
             assert "engine build failed" in node.semantic_health.reload_error
         assert len(seen) == 5
@@ -459,9 +465,11 @@ def test_two_cameras_async_panoptic_each_with_its_own_header(ros):
     pubs = {c: listener.node.create_publisher(Image, f"{c}/image", 10) for c in ("front", "left")}
     try:
         for cam in ("front", "left"):
-            end = time.monotonic() + 10
-            while "panoptic" not in node.wanted_outputs(cam) and time.monotonic() < end:
-                time.sleep(0.05)
+            wait_for(
+                lambda cam=cam: "panoptic" in node.wanted_outputs(cam),
+                30,
+                f"a subscriber on the panoptic output of camera {cam}",
+            )
         for i in range(3):  # keep offering until both cameras got a panoptic answer
             for j, cam in enumerate(("front", "left")):
                 pubs[cam].publish(_msg(10 * i + j, f"{cam}_optical", (10 * i + j, 0))[1])

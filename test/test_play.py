@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import rclpy
@@ -11,6 +10,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image
+from waiting import wait_for
 
 from seg_perception.data.bag_io import read_bag_messages, write_synth_bag
 from seg_perception.data.synth import generate_frames
@@ -57,9 +57,11 @@ def test_play_publishes_every_message_once_in_order(bag):
         )
         assert result.returncode == 0, result.stderr
         assert "published 8 messages" in result.stdout
-        deadline = time.monotonic() + 10
-        while any(len(got[t]) < 4 for t in topics) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: all(len(got[t]) >= 4 for t in topics),
+            30,
+            lambda: f"4 messages on each topic (got {[len(got[t]) for t in topics]})",
+        )
         for t in topics:
             assert got[t] == recorded[t], t  # same bytes, same order, each once
         stamps = [deserialize_message(r, Image).header.stamp.nanosec for r in got[topics[0]]]

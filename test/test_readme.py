@@ -9,9 +9,39 @@ from seg_perception.config import SegConfig
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-def test_every_parameter_documented():
-    missing = [n for n in SegConfig.names() if f"`{n}`" not in README and n not in README]
-    assert not missing, f"README lacks parameters: {missing}"
+def _parameter_table() -> list[list[str]]:
+    """The README's table of node parameters (headed ``| parameter | default | meaning |``):
+    per row, the parameter names of its first cell (one or more, comma separated)."""
+    lines = README.splitlines()
+    heads = [i for i, line in enumerate(lines) if re.match(r"\|\s*parameter\s*\|", line)]
+    assert len(heads) == 1, f"README needs one table headed '| parameter |', found {len(heads)}"
+    head = heads[0]
+    assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[head + 1].strip()), lines[head + 1]
+    rows = []
+    for line in lines[head + 2 :]:
+        if not line.startswith("|"):
+            break
+        first = re.split(r"(?<!\\)\|", line.strip())[1].strip()
+        assert re.fullmatch(r"`[^`]+`(\s*,\s*`[^`]+`)*", first), (
+            f"first cell must be the parameter name(s) in backticks: {line}"
+        )
+        rows.append(re.findall(r"`([^`]+)`", first))
+    assert rows, "the README's parameter table has no rows"
+    return rows
+
+
+def test_every_parameter_has_a_row_in_the_parameter_table():
+    documented = [name for names in _parameter_table() for name in names]
+    missing = [n for n in SegConfig.names() if n not in documented]
+    assert not missing, f"README's parameter table lacks rows for: {missing}"
+    twice = sorted({n for n in documented if documented.count(n) > 1})
+    assert not twice, f"parameters in more than one row: {twice}"
+
+
+def test_every_row_of_the_parameter_table_names_a_parameter():
+    declared = set(SegConfig.names())
+    unknown = [n for names in _parameter_table() for n in names if n not in declared]
+    assert not unknown, f"README's parameter table names no such parameters: {unknown}"
 
 
 def test_every_command_documented():

@@ -16,8 +16,8 @@ from seg_perception.data.synth import generate_frames
 from seg_perception.labels import CITYSCAPES
 from seg_perception.metrics import PanopticQuality, SemanticMetrics
 from seg_perception.networks.export import stored_switches
+from seg_perception.panoptic import gt_panoptic
 from seg_perception.pipeline import build_pipeline
-from seg_perception.train.validate import gt_panoptic
 
 BUDGET_MB = 40.0  # all shipped weights together (issue 14)
 # mIoU floors on two 512x1024 validation frames (see the module docstring)

@@ -19,7 +19,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
 from seg_perception.data.synth import generate_frame
-from seg_perception.engines.factory import create_engine
+from seg_perception.engines.factory import build
+from seg_perception.engines.spec import EngineSpec
 from seg_perception.networks import build_model
 from seg_perception.networks.export import SemanticExport, stored_switches
 from seg_perception.networks.gun import build_gun
@@ -311,15 +312,17 @@ def test_engines_build_the_narrow_net_from_the_file(tmp_path: Path, model: str) 
         ref = SemanticExport(ref_net)(torch.from_numpy(images))[0].numpy()
     assert len(np.unique(ref)) >= 3  # several classes: a meaningful comparison
     for backend in ("torch", "onnxruntime"):
-        engine = create_engine(
-            model=model,  # no switches: they come from the file
-            num_classes=K,
-            input_hw=(H, W),
-            weights=path,
-            backend=backend,
-            cache_dir=tmp_path / "cache",
-            threads=1,
-            max_batch=2,
+        engine = build(
+            EngineSpec(
+                model=model,
+                num_classes=K,
+                input_hw=(H, W),
+                weights=path,
+                backend=backend,
+                cache_dir=tmp_path / "cache",
+                threads=1,
+                max_batch=2,
+            )
         )
         ids = engine.infer(images)["class_ids"]
         assert ids.shape == (2, H, W)

@@ -32,7 +32,7 @@ def test_planned_messages_fail_offline_for_their_stated_reason():
     raise ImageDecodeError with the reason the fuzz expects the node to count."""
     from builtin_interfaces.msg import Time
 
-    from seg_perception.ros.image_codec import ImageDecodeError, check_image_fields, msg_to_rgb8
+    from seg_perception.codec import ImageDecodeError, check_image_fields, msg_to_rgb8
 
     max_pixels = 16384
     seen = Counter()
@@ -117,10 +117,8 @@ def test_soak_two_cameras_answers_each_with_its_own_header(tmp_path):
             "10",
             "--minutes",
             "0.1",
-            "--height",
-            "64",
-            "--width",
-            "128",
+            "--camera",
+            "64x128",
             "--rss-period",
             "2",
             "--json",

@@ -43,7 +43,6 @@ BASE = EngineKey(
     min_shape=(1, 64, 128, 3),
     opt_shape=(2, 64, 128, 3),
     max_shape=(2, 64, 128, 3),
-    calib_sha256="c" * 64,
 )
 CHANGES = {
     "onnx_sha256": "b" * 64,
@@ -54,7 +53,7 @@ CHANGES = {
     "min_shape": (2, 64, 128, 3),
     "opt_shape": (1, 64, 128, 3),
     "max_shape": (4, 64, 128, 3),
-    "calib_sha256": "d" * 64,
+    "network": "weakly-typed",  # an engine of the old weakly typed builder is rebuilt
 }
 
 
@@ -62,8 +61,7 @@ def test_cache_key_changes_with_each_input_and_only_with_them() -> None:
     assert set(CHANGES) == {f.name for f in dataclasses.fields(EngineKey)}  # every input varied
     digests = {"base": BASE.digest()}
     for name, value in CHANGES.items():
-        extra = {"calib_sha256": ""} if name == "precision" else {}  # fp16 has no calibration
-        digests[name] = dataclasses.replace(BASE, **{name: value}, **extra).digest()
+        digests[name] = dataclasses.replace(BASE, **{name: value}).digest()
     assert len(set(digests.values())) == len(digests), digests
     # only them: an equal key built anew (other tuple/list types) has the same digest and name
     same = EngineKey(**{**BASE.as_dict(), "min_shape": [1, 64, 128, 3]})  # type: ignore[arg-type]
@@ -89,7 +87,6 @@ def test_engine_key_hashes_content_not_path_or_time(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"precision": "fp16"}, "calibration data only affects int8"),
         ({"precision": "bf16"}, "precision 'bf16'"),
         ({"min_shape": (3, 64, 128, 3)}, "min <= opt <= max"),
         ({"max_shape": (2, 64, 128)}, "one rank"),
@@ -339,7 +336,7 @@ def _mypy(files: list[Path], tmp_path: Path) -> subprocess.CompletedProcess[str]
 def test_mypy_passes_on_tensorrt_backend_against_stubs(tmp_path: Path) -> None:
     files = [
         REPO / "seg_perception/engines/tensorrt_backend.py",
-        REPO / "seg_perception/engines/build_engine_cli.py",
+        REPO / "seg_perception/engines/tensorrt_build.py",
     ]
     # control: the same check rejects misuse of the TensorRT API, so it is not vacuous
     bad = tmp_path / "bad_trt_use.py"
@@ -358,8 +355,8 @@ def test_mypy_passes_on_tensorrt_backend_against_stubs(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ without TensorRT
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_tensorrt_backend_without_tensorrt_says_so(tmp_path: Path) -> None:
-    from seg_perception.engines.build_engine_cli import load_or_build
     from seg_perception.engines.tensorrt_backend import TensorRTEngine
+    from seg_perception.engines.tensorrt_build import load_or_build
 
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"x")
@@ -383,13 +380,15 @@ def _gpu_ready() -> bool:
 def test_foreign_engine_file_is_rebuilt(tmp_path: Path) -> None:  # pragma: no cover - GPU only
     import torch
 
-    from seg_perception.engines.build_engine_cli import load_or_build
+    from seg_perception.engines.factory import ensure_fp16_onnx
     from seg_perception.engines.tensorrt_backend import TensorRTEngine
+    from seg_perception.engines.tensorrt_build import load_or_build
     from seg_perception.networks.export import export_onnx
     from seg_perception.networks.gun import build_gun
 
     torch.manual_seed(0)
-    onnx_file = export_onnx(build_gun().eval(), tmp_path / "gun.onnx", input_hw=(64, 128))
+    fp32 = export_onnx(build_gun().eval(), tmp_path / "gun.onnx", input_hw=(64, 128))
+    onnx_file = ensure_fp16_onnx(fp32, cache_dir=tmp_path)
     path = load_or_build(onnx_file, cache_dir=tmp_path, precision="fp16", max_batch=2)
     built = path.read_bytes()
     path.write_bytes(b"foreign engine bytes")  # same name, not what the key file records

@@ -380,17 +380,6 @@ def test_amp_true_without_bf16_hardware_warns_once(
     assert infos == ["autocast: bf16 (optim.amp is true)"]
 
 
-def test_ground_truth_panoptic_ids() -> None:
-    import numpy as np
-
-    from seg_perception.train.validate import gt_panoptic
-
-    semantic = np.array([[0, 13, 13, 255], [11, 11, 13, 2]], np.uint8)
-    instance = np.array([[7, 26000, 26000, 0], [24001, 24001, 26, 11]], np.int32)
-    expected = [[0, 13001, 13001, 255000], [11002, 11002, 13000, 2000]]
-    assert gt_panoptic(semantic, instance).tolist() == expected
-
-
 # ------------------------------------------------------------------------------------ DDP
 def _free_port() -> int:
     with socket.socket() as s:

@@ -282,17 +282,18 @@ PARSE_CASES = [
     (("train", "--config", "{folder}"), "--config", "folder"),
     (("train", "--config", "{bad_recipe}", "--resume", "{missing}"), "--resume", "missing"),
     (("train", "--config", "{bad_recipe}", "--out", "{text}"), "--out", "text"),
-    (("build-engine", "--model", "{missing}"), "--model", "missing"),
-    (("build-engine", "--model", "{folder}"), "--model", "folder"),
-    (("build-engine", "--model", "{text}", "--calib", "{missing}"), "--calib", "missing"),
-    (("build-engine", "--model", "{text}", "--output", "{folder}"), "--output", "folder"),
-    (("build-engine", "--model", "{text}", "--cache-dir", "{text}"), "--cache-dir", "text"),
+    (("build-engine", "--weights", "{missing}"), "--weights", "missing"),
+    (("build-engine", "--weights", "{folder}"), "--weights", "folder"),
+    (("build-engine", "--config", "{folder}"), "--config", "folder"),
+    (("build-engine", "--calib", "{missing}"), "--calib", "missing"),
+    (("build-engine", "--out", "{folder}"), "--out", "folder"),
+    (("build-engine", "--engine-cache", "{text}"), "--engine-cache", "text"),
     (("params", "--config", "{missing}"), "--config", "missing"),
     (("demo", "--config", "{missing}"), "--config", "missing"),
     (("demo", "--out", "{text}"), "--out", "text"),
     (("synth", "--frames", "1", "--out", "{text}"), "--out", "text"),
     (("bench", "node", "--json", "{folder}"), "--json", "folder"),
-    (("bench", "engines", "--cache-dir", "{text}"), "--cache-dir", "text"),
+    (("bench", "engines", "--engine-cache", "{text}"), "--engine-cache", "text"),
     (("models", "--json", "{folder}"), "--json", "folder"),
 ]
 
@@ -363,13 +364,13 @@ def test_valid_paths_reach_the_command(
         monkeypatch.setattr(importlib.import_module(cli.COMMANDS[name][0]), "run", record)
     assert cli.main(["eval", "--bag", str(paths["bag"]), "--out", str(paths["new"])]) == 0
     assert seen["eval"].bag == str(paths["bag"]) and seen["eval"].out == str(paths["new"])
-    argv = ["build-engine", "--model", str(paths["text"]), "--calib", "synthetic"]
-    assert cli.main([*argv, "--output", str(paths["new"] / "e.plan")]) == 0
+    argv = ["build-engine", "--model", "gun", "--calib", "synthetic"]
+    assert cli.main([*argv, "--out", str(paths["new"] / "e.plan")]) == 0
     assert seen["build-engine"].calib == "synthetic"
     assert not paths["new"].exists()  # checking creates nothing
 
 
-PATH_DESTS = {"bag", "config", "out", "weights", "resume", "json", "cache", "cache_dir", "output"}
+PATH_DESTS = {"bag", "config", "out", "weights", "resume", "json", "cache", "engine_cache"}
 
 
 def test_every_path_argument_is_checked() -> None:

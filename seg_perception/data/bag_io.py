@@ -10,9 +10,9 @@ holds are exactly what ``rclpy.serialization.deserialize_message`` expects.
   Cityscapes instanceIds). The messages of one frame share one header and the bag timestamp
   equals the header stamp.
 * :class:`OutputBag` records arbitrary serialized messages (node outputs).
-* :func:`read_bag_messages`, :func:`bag_topics`, :func:`deserialize` read bags back;
-  :func:`image_from_ros` decodes the ground-truth image encodings (the camera encodings are the
-  job of :mod:`seg_perception.ros.image_codec`).
+* :func:`read_bag_messages`, :func:`bag_topics`, :func:`deserialize` read bags back; the
+  messages they give are decoded by :mod:`seg_perception.codec` (``image_from_ros`` for ground
+  truth, ``msg_to_rgb8`` for camera frames), like rclpy messages.
 
 Writing is atomic: a bag is written into a hidden temporary directory next to the target and
 renamed into place only when complete; on any error the partial bag is removed.
@@ -37,6 +37,8 @@ from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
+from seg_perception.errors import SegError
+
 if TYPE_CHECKING:
     from .synth import SynthFrame
 
@@ -46,18 +48,8 @@ COMPRESSED_FORMAT = "rgb8; jpeg compressed bgr8"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 DEFAULT_START_NS = 1_700_000_000_000_000_000
 
-# encoding -> (numpy dtype, channels) for the images this module decodes itself
-_GT_ENCODINGS: dict[str, tuple[str, int]] = {
-    "mono8": ("u1", 1),
-    "8UC1": ("u1", 1),
-    "mono16": ("u2", 1),
-    "16UC1": ("u2", 1),
-    "32SC1": ("i4", 1),
-    "rgb8": ("u1", 3),
-}
 
-
-class BagError(ValueError):
+class BagError(SegError, ValueError):
     """A bag cannot be read or written; the message names the file."""
 
 
@@ -122,34 +114,6 @@ def deserialize(rawdata: bytes | memoryview, msgtype: str) -> Any:
     if msgtype not in ts.types:
         raise BagError(f"unknown message type {msgtype!r} (not in the ROS 2 Kilted typestore)")
     return ts.deserialize_cdr(rawdata, msgtype)
-
-
-def image_from_ros(msg: Any) -> np.ndarray:
-    """Pixels of an Image message (rosbags or rclpy) in the ground-truth encodings.
-
-    Supports ``mono8``/``8UC1`` (uint8), ``mono16``/``16UC1`` (uint16), ``32SC1`` (int32) and
-    ``rgb8``; honours ``step`` (row padding) and ``is_bigendian``. Returns ``(H, W)`` or
-    ``(H, W, 3)`` in native byte order.
-    """
-    enc = str(msg.encoding)
-    if enc not in _GT_ENCODINGS:
-        raise ValueError(
-            f"image_from_ros: unsupported encoding {enc!r}; supported: {sorted(_GT_ENCODINGS)} "
-            "(camera encodings: seg_perception.ros.image_codec)"
-        )
-    code, ch = _GT_ENCODINGS[enc]
-    dtype = np.dtype(code).newbyteorder(">" if msg.is_bigendian else "<")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * ch * dtype.itemsize
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if step < row or buf.size < h * step:
-        raise ValueError(
-            f"image_from_ros: {enc} {w}x{h} needs step >= {row} and {h} rows, "
-            f"got step {step} and {buf.size} bytes"
-        )
-    rows = buf[: h * step].reshape(h, step)[:, :row]
-    out = np.ascontiguousarray(rows).view(dtype).reshape((h, w, ch) if ch > 1 else (h, w))
-    return out.astype(dtype.newbyteorder("="), copy=False)
 
 
 # -- reading ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seg_perception.errors import SegError
 from seg_perception.labels import CITYSCAPES, LabelTable
 
 __all__ = [
@@ -44,7 +45,7 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 INSTANCE_DIVISOR = 1000
 
 
-class DataError(ValueError):
+class DataError(SegError, ValueError):
     """A data file is missing or corrupt (raised in strict mode); the message names the file."""
 
 

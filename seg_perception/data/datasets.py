@@ -170,13 +170,13 @@ class BagDataset(torch.utils.data.Dataset):
     def _index(self) -> list[dict[str, tuple[str, bytes]]]:
         if self._frames is not None:
             return self._frames
+        from seg_perception.codec import stamp_ns
         from seg_perception.data.bag_io import deserialize, read_bag_messages
 
         role_of = {t: r for r, t in self.topics.items()}
         by_stamp: dict[int, dict[str, tuple[str, bytes]]] = {}
         for topic, msgtype, _ts, raw in read_bag_messages(self.path, list(role_of)):
-            msg = deserialize(raw, msgtype)
-            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+            stamp = stamp_ns(deserialize(raw, msgtype).header)
             by_stamp.setdefault(stamp, {})[role_of[topic]] = (msgtype, bytes(raw))
         frames = []
         for stamp in sorted(by_stamp):
@@ -202,8 +202,8 @@ class BagDataset(torch.utils.data.Dataset):
         return len(self._index())
 
     def __getitem__(self, index: int) -> Sample:
-        from seg_perception.data.bag_io import deserialize, image_from_ros
-        from seg_perception.ros.image_codec import msg_to_rgb8
+        from seg_perception.codec import image_from_ros, msg_to_rgb8
+        from seg_perception.data.bag_io import deserialize
 
         parts = self._index()[index]
         out: dict[str, Any] = {"name": f"{self.path.name}_{index:06d}", "instance": None}

@@ -14,8 +14,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from seg_perception.errors import SegError
+
 __all__ = [
-    "PRECISIONS",
     "SEMANTIC_OUTPUTS",
     "Engine",
     "EngineError",
@@ -26,12 +27,11 @@ __all__ = [
     "check_images",
 ]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 #: outputs of every semantic export form (``networks/export.py``), in graph order.
 SEMANTIC_OUTPUTS = ("class_ids", "confidence")
 
 
-class EngineError(RuntimeError):
+class EngineError(SegError, RuntimeError):
     """An engine could not be created or failed on a batch; the message names file and cause."""
 
 
@@ -94,7 +94,7 @@ class WarmupMixin:
 def byte_array_backed(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised array whose memory is an ``array.array('B')`` (its ``.base``): what
     rclpy stores in a message's ``uint8[]`` field, so an image can be published from it
-    without another copy (see ``ros.image_codec.array_to_imgmsg``)."""
+    without another copy (see ``codec.image.array_to_imgmsg``)."""
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     store = array.array("B", bytes(n))
     return np.frombuffer(store, dtype=dtype).reshape(shape)

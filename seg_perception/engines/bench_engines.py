@@ -80,14 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--runs", type=int, default=10, help="timed calls per engine (10)")
     parser.add_argument("--peer-runs", type=int, default=5, help="timed calls per peer (5)")
-    parser.add_argument("--size", default="512x1024", help="network HxW (512x1024)")
+    parser.add_argument("--network", default="512x1024", help="network HxW (512x1024)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--no-peers", action="store_true", help="skip the torchvision peers")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     parser.add_argument("--val-frames", type=int, default=4, help="synthetic val frames (4)")
-    parser.add_argument("--calib-count", type=int, default=8, help="int8 calibration frames")
     parser.add_argument(
-        "--cache-dir", default=None, action=OutputDir, help="export/engine cache directory"
+        "--engine-cache", default=None, action=OutputDir, help="export/engine cache directory"
     )
 
 
@@ -213,7 +212,8 @@ def _bench_model(
     bench_name: str, args: argparse.Namespace, ctx: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """All variants of one network, timed round-robin with the ceiling conv."""
-    from seg_perception.engines.factory import create_engine
+    from seg_perception.engines.factory import build
+    from seg_perception.engines.spec import EngineSpec
     from seg_perception.networks import build_model
 
     model, switches = MODELS[bench_name]
@@ -223,19 +223,19 @@ def _bench_model(
     net_switches = {"num_classes": NUM_CLASSES, **_stored(weights), **switches}
     gflops = count_gflops(lambda: build_model(model, **net_switches), hw)
     engines = {
-        (backend, precision): create_engine(
-            model=model,
-            model_switches=switches,
-            num_classes=NUM_CLASSES,
-            input_hw=hw,
-            weights=weights,
-            allow_random_weights=weights is None,
-            backend=backend,
-            precision=precision,
-            threads=ctx["threads"],
-            max_batch=4,
-            cache_dir=ctx["cache"],
-            calib_count=args.calib_count,
+        (backend, precision): build(
+            EngineSpec(
+                model=model,
+                switches=tuple(switches.items()),
+                num_classes=NUM_CLASSES,
+                input_hw=hw,
+                weights=weights,
+                backend=backend,
+                precision=precision,
+                threads=ctx["threads"],
+                max_batch=4,
+                cache_dir=ctx["cache"],
+            )
         )
         for backend, precision in _variants()
     }
@@ -295,18 +295,20 @@ def _bench_peers(args: argparse.Namespace, ctx: dict[str, Any]) -> list[dict[str
 
 
 def _bench_batch4(backend: str, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
-    from seg_perception.engines.factory import create_engine
+    from seg_perception.engines.factory import build
+    from seg_perception.engines.spec import EngineSpec
 
-    engine = create_engine(
-        model="gun",
-        num_classes=NUM_CLASSES,
-        input_hw=ctx["hw"],
-        weights=_weights_for("gun"),
-        allow_random_weights=True,
-        backend=backend,
-        threads=ctx["threads"],
-        max_batch=4,
-        cache_dir=ctx["cache"],
+    engine = build(
+        EngineSpec(
+            model="gun",
+            num_classes=NUM_CLASSES,
+            input_hw=ctx["hw"],
+            weights=_weights_for("gun"),
+            backend=backend,
+            threads=ctx["threads"],
+            max_batch=4,
+            cache_dir=ctx["cache"],
+        )
     )
     x4 = np.stack([f.image for f in ctx["frames"]])
     times = round_robin(
@@ -330,18 +332,17 @@ def _bench_batch4(backend: str, args: argparse.Namespace, ctx: dict[str, Any]) -
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from seg_perception.config import parse_hw
     from seg_perception.data.synth import generate_frame
 
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
-    if len(hw) != 2:
-        raise ValueError(f"--size must be HxW, got {args.size!r}")
+    hw = parse_hw(args.network)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     frames = [generate_frame(seed=7, index=i, height=hw[0], width=hw[1]) for i in range(4)]
     ctx: dict[str, Any] = {
         "hw": hw,
         "threads": threads,
-        "cache": Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+        "cache": Path(args.engine_cache) if args.engine_cache else default_cache_dir(),
         "ceiling": CeilingConv(),
         "ceilings": [ceiling_gflops()],
         "frames": frames,

@@ -1,4 +1,5 @@
-"""Content-addressed cache of derived artefacts: exported ONNX, int8 ONNX, TensorRT engines.
+"""Content-addressed cache of derived artefacts: exported ONNX, its fp16 and int8 (Q/DQ) forms,
+TensorRT engines.
 
 Every artefact ``X`` is stored with a sidecar ``X.json`` holding the *key* it was built from and
 the artefact's SHA-256. :func:`verify` trusts an artefact only when the sidecar exists, records
@@ -28,6 +29,8 @@ __all__ = [
     "EngineKey",
     "default_cache_dir",
     "export_key",
+    "fp16_onnx_key",
+    "int8_onnx_key",
     "key_digest",
     "record",
     "sha256_file",
@@ -72,8 +75,10 @@ def key_digest(key: Mapping[str, Any], length: int = 32) -> str:
 class EngineKey:
     """What a TensorRT engine depends on; an engine built from other values is not reused.
 
-    ``calib_sha256`` is the hash of the int8 calibration batches (``""`` for fp32/fp16, and for
-    int8 from an explicitly quantised QDQ model, which needs no calibration).
+    The engine is built strongly typed from ``onnx_sha256``'s graph, which carries the
+    precision (an fp16 graph, or Q/DQ nodes whose scales come from the calibration data), so the
+    ONNX hash covers the calibration too. ``precision`` names it for the file name and checks.
+    An engine of another TensorRT version or GPU is rebuilt, never deserialised.
     """
 
     onnx_sha256: str
@@ -84,17 +89,12 @@ class EngineKey:
     min_shape: tuple[int, ...]
     opt_shape: tuple[int, ...]
     max_shape: tuple[int, ...]
-    calib_sha256: str = ""
+    network: str = "strongly-typed"
 
     def __post_init__(self) -> None:
         if self.precision not in TRT_PRECISIONS:
             raise ValueError(
                 f"EngineKey: precision {self.precision!r}; valid: {', '.join(TRT_PRECISIONS)}"
-            )
-        if self.calib_sha256 and self.precision != "int8":
-            raise ValueError(
-                f"EngineKey: calibration data only affects int8 engines, got it with "
-                f"precision {self.precision!r}"
             )
         shapes = (self.min_shape, self.opt_shape, self.max_shape)
         if len({len(s) for s in shapes}) != 1 or not all(
@@ -144,6 +144,25 @@ def export_key(
         "opset": int(opset),
         "torch": torch_version,
         "dynamic_batch": bool(dynamic_batch),
+    }
+
+
+def fp16_onnx_key(*, source_sha256: str, revision: int) -> dict[str, Any]:
+    """Key of the fp16 form of an ONNX export (:mod:`seg_perception.engines.fp16`)."""
+    return {"source_sha256": source_sha256, "fp16": "stem-head-fp32", "revision": int(revision)}
+
+
+def int8_onnx_key(
+    *, source_sha256: str, calib_sha256: str, settings: Mapping[str, Any], onnxruntime: str
+) -> dict[str, Any]:
+    """Key of the int8 Q/DQ form of an ONNX export: its source, the calibration images, the
+    quantisation settings (mode included, :func:`~seg_perception.engines.quantize.
+    quantization_settings`) and the quantiser's (onnxruntime's) version."""
+    return {
+        "source_sha256": source_sha256,
+        "calib_sha256": calib_sha256,
+        "settings": dict(settings),
+        "onnxruntime": onnxruntime,
     }
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seg_perception.errors import SegError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "CalibrationError",
@@ -30,7 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".we
 _IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(SegError, ValueError):
     """Calibration data could not be read; the message names the file or topic."""
 
 
@@ -76,7 +78,7 @@ def images_from_bag(bag: str | Path, *, topic: str | None, limit: int) -> list[n
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
-    from seg_perception.ros.image_codec import msg_to_rgb8
+    from seg_perception.codec import msg_to_rgb8
 
     path = Path(bag)
     if not path.exists():

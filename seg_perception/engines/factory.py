@@ -1,103 +1,61 @@
-"""``create_engine``: one call from configuration to a running engine, for every backend.
+"""From an :class:`~seg_perception.engines.spec.EngineSpec` to an artefact and an engine.
 
-* ``torch``: the network is built and its weights loaded; the export form runs eagerly.
-* ``onnxruntime`` / ``tensorrt``: an ONNX artefact is used as given (``onnx=``) or exported on first
-  use into the cache directory under a key made of the weights file's content hash, the model and
-  its switches, input size and class count (:func:`ensure_onnx`): new weights give a new export,
-  the same weights reuse it. int8 for onnxruntime quantises that export (:func:`ensure_int8_onnx`,
-  keyed by the source hash, calibration data hash and settings, the int8 mode of this kind of CPU
-  included); TensorRT engines are built and cached by
-  :func:`~seg_perception.engines.build_engine_cli.load_or_build`.
+* :func:`export`: the ONNX export form. A ready ONNX artefact is checked and used as given;
+  otherwise the network is exported on first use into the cache directory under a key made of
+  the weights file's content hash, the model and its switches, input size and class count
+  (:func:`ensure_onnx`): new weights give a new export, the same weights reuse it.
+* :func:`prepare`: what the backend runs, built and cached: the ONNX graph that carries the
+  spec's precision -- the export itself (fp32), its fp16 form (:func:`ensure_fp16_onnx`) or its
+  int8 Q/DQ form (:func:`ensure_int8_onnx`, keyed by the source hash, calibration data hash and
+  settings, the int8 mode included) -- for onnxruntime, or the strongly typed TensorRT plan built
+  from that graph (:func:`~seg_perception.engines.tensorrt_build.load_or_build`). TensorRT and
+  onnxruntime's TensorRT EP get the fp16 graph and the symmetric ``s8s8_symmetric`` Q/DQ graph
+  (TensorRT 11 has no builder precision flags and no calibrator: the graph carries the precision).
+* :func:`build`: the running engine (``torch``: the network built eagerly from its weights).
 
-Without a weights file the network gets seeded random weights (``torch.manual_seed(0)``) only
-with ``allow_random_weights=True`` (demos and tests), as ``create_semantic_engine`` does.
+A spec without a weights file builds seeded random weights (``torch.manual_seed(0)``); whether
+that is allowed is decided once, by :func:`~seg_perception.engines.spec.resolve_weights`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seg_perception.engines.base import PRECISIONS, SEMANTIC_OUTPUTS, Engine, EngineError
+from seg_perception.engines.base import Engine, EngineError
 from seg_perception.engines.cache import (
-    default_cache_dir,
     export_key,
+    fp16_onnx_key,
+    int8_onnx_key,
     key_digest,
     record,
     sha256_file,
     verify,
 )
-from seg_perception.machine import INT8_MODES, choose_int8_mode, detect
+from seg_perception.engines.spec import EngineSpec
+from seg_perception.machine import choose_int8_mode, detect
 
 __all__ = [
-    "BACKENDS",
-    "KINDS",
-    "create_engine",
+    "build",
+    "ensure_fp16_onnx",
     "ensure_int8_onnx",
     "ensure_onnx",
-    "parse_providers",
+    "export",
+    "int8_mode_for",
+    "prepare",
+    "tensorrt_ep",
 ]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-#: kind -> models of that kind
-KINDS: dict[str, tuple[str, ...]] = {
-    "semantic": ("gun", "shelfnet"),
-    "panoptic": ("panoptic_asp",),
-}
 OPSET = 17
 
 
-def parse_providers(providers: str | Sequence[str]) -> list[str]:
-    """``"tensorrt, cuda,cpu"`` or a list -> ``["tensorrt", "cuda", "cpu"]``."""
-    items = providers.split(",") if isinstance(providers, str) else list(providers)
-    out = [p.strip() for p in items if p.strip()]
-    if not out:
-        raise EngineError("parameter 'providers': no onnxruntime provider given")
-    return out
-
-
-def _output_names(kind: str) -> tuple[str, ...]:
-    if kind == "panoptic":
-        from seg_perception.networks.panoptic_export import OUTPUT_NAMES
-
-        return tuple(OUTPUT_NAMES)
-    return SEMANTIC_OUTPUTS
-
-
-def _weights_path(
-    weights: str | os.PathLike[str] | None, allow_random_weights: bool
-) -> Path | None:
-    """The weights file to load, or ``None`` for seeded random weights (when allowed)."""
-    if weights is not None and Path(weights).is_file():
-        return Path(weights)
-    if allow_random_weights:
-        what = "no weights file given" if weights is None else f"{weights} not found"
-        # debug only: the callers report it once (resolve_weights' note, the bench tables)
-        log.debug("random weights: %s (allow_random_weights is true)", what)
-        return None
-    if weights is None:
-        raise EngineError(
-            "no weights file given; pass weights=PATH or allow_random_weights=True (demo only)"
-        )
-    raise EngineError(f"weights file {weights} not found")
-
-
-def _export_module(
-    kind: str,
-    model: str,
-    *,
-    num_classes: int,
-    input_hw: tuple[int, int],
-    weights: Path | None,
-    switches: Mapping[str, Any],
-) -> Any:
+def _export_module(spec: EngineSpec) -> Any:
     """Build ``model`` with its weights and wrap it in its export form.
 
     ``build_model(..., weights=file)`` applies the builder switches stored in the file's
@@ -109,6 +67,8 @@ def _export_module(
 
     from seg_perception.networks import build_model
 
+    kind, model, num_classes, input_hw = spec.kind, spec.model, spec.num_classes, spec.input_hw
+    weights, switches = spec.weights, dict(spec.switches)
     torch.manual_seed(0)  # random-weights mode is reproducible
     extra: dict[str, Any] = {} if weights is None else {"weights": str(weights)}
     if kind == "panoptic":
@@ -130,16 +90,7 @@ def _export_module(
     return SemanticExport(net.eval())
 
 
-def ensure_onnx(
-    kind: str,
-    model: str,
-    *,
-    num_classes: int,
-    input_hw: tuple[int, int],
-    weights: Path | None,
-    switches: Mapping[str, Any],
-    cache_dir: Path,
-) -> Path:
+def ensure_onnx(spec: EngineSpec) -> Path:
     """The cached ONNX export of this configuration, exported (atomically) if missing/stale."""
     import onnx
     import torch
@@ -147,6 +98,8 @@ def ensure_onnx(
     from seg_perception.atomic import atomic_path
     from seg_perception.engines.onnx_backend import write_metadata
 
+    kind, model, num_classes, input_hw = spec.kind, spec.model, spec.num_classes, spec.input_hw
+    weights, switches, cache_dir = spec.weights, dict(spec.switches), spec.cache
     weights_sha = sha256_file(weights) if weights is not None else None
     dynamic = kind == "semantic"
     key = export_key(
@@ -167,9 +120,7 @@ def ensure_onnx(
         log.info("%s ONNX from the cache: %s", model, path)
         return path
     log.info("exporting %s to ONNX (first start with these weights; cached): %s", model, reason)
-    module = _export_module(
-        kind, model, num_classes=num_classes, input_hw=input_hw, weights=weights, switches=switches
-    )
+    module = _export_module(spec)
     if kind == "panoptic":
         from seg_perception.networks.panoptic_export import export_panoptic_onnx
 
@@ -195,6 +146,33 @@ def ensure_onnx(
     return path
 
 
+def ensure_fp16_onnx(source: Path, *, cache_dir: Path) -> Path:
+    """The cached fp16 form of the ONNX ``source`` (:func:`~seg_perception.engines.fp16.
+    convert_to_fp16`), converted (atomically) when missing or stale."""
+    import onnx
+
+    from seg_perception.atomic import atomic_path
+    from seg_perception.engines.fp16 import REVISION, convert_to_fp16
+
+    key = fp16_onnx_key(source_sha256=sha256_file(source), revision=REVISION)
+    path = cache_dir / "onnx" / f"{source.stem}-fp16-{key_digest(key, 16)}.onnx"
+    reason = verify(path, key)
+    if reason is None:
+        return path
+    log.info("converting %s to fp16: %s", source.name, reason)
+    try:
+        model = convert_to_fp16(onnx.load(str(source)))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # a graph the conversion or the checker refuses
+        why = f"{type(exc).__name__}: {exc}"
+        raise EngineError(f"ONNX file {source}: no fp16 form: {why}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    record(path, key)
+    return path
+
+
 def ensure_int8_onnx(
     fp32_onnx: Path,
     *,
@@ -207,7 +185,8 @@ def ensure_int8_onnx(
     """The cached QDQ int8 version of ``fp32_onnx`` for these calibration ``images``.
 
     ``mode``: ``auto`` (follow this CPU: :func:`seg_perception.machine.choose_int8_mode`) or one
-    of :data:`seg_perception.machine.INT8_MODES`; the mode is part of the cache key.
+    of :data:`seg_perception.machine.INT8_MODES` (``s8s8_symmetric`` for TensorRT); the mode is
+    part of the cache key.
     """
     import onnxruntime as ort
 
@@ -220,12 +199,12 @@ def ensure_int8_onnx(
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     concrete = str(choice.value)
-    key = {
-        "source_sha256": sha256_file(fp32_onnx),
-        "calib_sha256": batches_sha256(images),
-        "settings": quantization_settings(per_channel=per_channel, method=method, mode=concrete),
-        "onnxruntime": ort.__version__,
-    }
+    key = int8_onnx_key(
+        source_sha256=sha256_file(fp32_onnx),
+        calib_sha256=batches_sha256(images),
+        settings=quantization_settings(per_channel=per_channel, method=method, mode=concrete),
+        onnxruntime=ort.__version__,
+    )
     path = cache_dir / "onnx" / f"{fp32_onnx.stem}-int8-{key_digest(key, 16)}.onnx"
     reason = verify(path, key)
     if reason is None:
@@ -239,172 +218,161 @@ def ensure_int8_onnx(
     return path
 
 
-def create_engine(
-    kind: str = "semantic",
-    *,
-    model: str,
-    num_classes: int,
-    input_hw: tuple[int, int],
-    weights: str | os.PathLike[str] | None = None,
-    onnx: str | os.PathLike[str] | None = None,
-    backend: str = "torch",
-    precision: str = "fp32",
-    providers: str | Sequence[str] = ("cpu",),
-    threads: int = 0,
-    max_batch: int = 1,
-    cache_dir: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
-    model_switches: Mapping[str, Any] | None = None,
-    allow_random_weights: bool = False,
-    graph_optimization: str = "all",
-    calib: str | os.PathLike[str] | None = None,
-    calib_topic: str | None = None,
-    calib_count: int = 16,
-    int8_mode: str = "auto",
-    name: str | None = None,
-) -> Engine:
-    """Create an engine; every problem is an :class:`EngineError` naming the file / parameter.
+def tensorrt_ep(spec: EngineSpec) -> bool:
+    """Does ``spec`` (backend onnxruntime) list onnxruntime's TensorRT execution provider?"""
+    from seg_perception.engines.ort_providers import PROVIDER_ALIASES
 
-    Args:
-        kind: ``"semantic"`` (GUN, ShelfNet) or ``"panoptic"`` (the ASP model).
-        model: network name (``build_model``); ``model_switches`` go to its builder
-            (e.g. ``{"backbone": "resnet50"}`` for ShelfNet-50).
-        num_classes: classes of the label table; the artefact must predict as many.
-        input_hw: network input ``(H, W)``.
-        weights: weights file (``.safetensors``/``.pt``) of the network.
-        onnx: an ONNX artefact to run instead of exporting (onnxruntime / tensorrt).
-        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
-        precision: ``"fp32"``, ``"bf16"`` (torch), ``"fp16"`` (torch CUDA, TensorRT, the ORT
-            TensorRT EP), ``"int8"`` (onnxruntime QDQ, TensorRT).
-        providers: onnxruntime providers in order (``"tensorrt,cuda,cpu"`` or a list).
-        threads: CPU threads (torch / onnxruntime intra-op; 0 = library default).
-        max_batch: the most camera frames one ``infer`` call takes.
-        cache_dir: where exports and engines are cached (default :func:`default_cache_dir`).
-        device: torch device (``"cpu"``/``"cuda:N"``); its index is the TensorRT GPU.
-        allow_random_weights: seeded random weights when ``weights`` is missing (demo only).
-        graph_optimization: onnxruntime graph optimisation level.
-        calib, calib_topic, calib_count: int8 calibration images: a folder, a bag (+ camera
-            topic) or ``None``/``"synthetic"`` for the synthetic street scenes.
-        int8_mode: how onnxruntime int8 is quantised: ``auto`` (follow this CPU), ``u8s8`` or
-            ``u8s8_reduce_range`` (7-bit weights, for x86 CPUs without VNNI).
-    """
-    if kind not in KINDS:
-        raise EngineError(f"engine kind {kind!r}; valid: {', '.join(KINDS)}")
-    if model not in KINDS[kind]:
-        raise EngineError(
-            f"model {model!r} is not a {kind} network; valid: {', '.join(KINDS[kind])}"
+    full = PROVIDER_ALIASES["tensorrt"]
+    return any(PROVIDER_ALIASES.get(p.lower(), p) == full for p in spec.providers)
+
+
+def int8_mode_for(spec: EngineSpec) -> str:
+    """The int8 mode ``spec`` quantises with: ``s8s8_symmetric`` for TensorRT and for
+    onnxruntime with the TensorRT EP listed (TensorRT takes symmetric int8 Q/DQ only -- an
+    explicit CPU mode there is an error); otherwise the spec's setting (``auto``: this CPU)."""
+    from seg_perception.engines.quantize import TENSORRT_INT8_MODE
+
+    if spec.backend == "tensorrt" or (spec.backend == "onnxruntime" and tensorrt_ep(spec)):
+        if spec.int8_mode not in ("auto", TENSORRT_INT8_MODE):
+            where = "backend tensorrt" if spec.backend == "tensorrt" else "the TensorRT EP"
+            raise EngineError(
+                f"engine {spec.label}: int8 mode {spec.int8_mode} is an onnxruntime CPU mode; "
+                f"{where} takes symmetric int8 only: int8 mode auto or {TENSORRT_INT8_MODE}"
+            )
+        return TENSORRT_INT8_MODE
+    return spec.int8_mode
+
+
+def _images(spec: EngineSpec) -> list[np.ndarray]:
+    """The spec's int8 calibration images at its input size."""
+    from seg_perception.engines.calibration import CalibrationError, calibration_images
+
+    try:
+        return calibration_images(
+            spec.calib, input_hw=spec.input_hw, count=spec.calib_frames, topic=spec.calib_topic
         )
-    if backend not in BACKENDS:
-        raise EngineError(f"parameter 'backend': {backend!r}; valid: {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise EngineError(f"parameter 'precision': {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if max_batch < 1:
-        raise EngineError(f"parameter 'max_batch' must be >= 1, got {max_batch}")
-    if int8_mode != "auto" and int8_mode not in INT8_MODES:
-        raise EngineError(f"int8 mode {int8_mode!r}; valid: auto, {', '.join(INT8_MODES)}")
-    switches = dict(model_switches or {})
-    input_hw = (int(input_hw[0]), int(input_hw[1]))
-    outputs = _output_names(kind)
-    label = name or f"{model}/{backend}/{precision}"
-    if kind == "panoptic" and max_batch != 1:
-        raise EngineError(f"engine {label}: the panoptic export form takes one image per call")
+    except CalibrationError as exc:
+        raise EngineError(str(exc)) from None
 
-    if backend == "torch":
-        if onnx is not None:
-            raise EngineError(f"engine {label}: backend torch runs weights, not ONNX ({onnx})")
+
+def export(spec: EngineSpec) -> Path:
+    """The ONNX export form of ``spec``: its ready ONNX artefact, checked, or the cached export
+    of its weights (exported atomically when missing or stale)."""
+    if spec.artefact is not None and spec.artefact.suffix == ".onnx":
+        path = spec.artefact
+    elif spec.artefact is not None:
+        raise EngineError(f"engine {spec.label}: {spec.artefact} is a TensorRT plan, not ONNX")
+    else:
+        path = ensure_onnx(spec)
+    _check_artefact(path, num_classes=spec.num_classes, input_hw=spec.input_hw)
+    return path
+
+
+def prepare(spec: EngineSpec) -> Path:
+    """The artefact ``spec``'s backend runs, made (and cached) if needed: the ONNX graph that
+    carries the spec's precision (onnxruntime) or the strongly typed TensorRT plan built from
+    it (tensorrt)."""
+    if spec.backend == "torch":
+        raise EngineError(f"engine {spec.label}: backend torch runs weights; no artefact to build")
+    if spec.backend == "tensorrt" and spec.artefact is not None and spec.artefact.suffix != ".onnx":
+        return spec.artefact  # a ready plan: checked when it is loaded (I/O names, shapes)
+    if spec.backend == "tensorrt" and spec.precision == "bf16":
+        raise EngineError(f"engine {spec.label}: bf16 is not offered for TensorRT; use fp16")
+    typed = _typed_onnx(spec, export(spec))
+    if spec.backend == "onnxruntime":
+        return typed
+    from seg_perception.engines.tensorrt_build import load_or_build
+
+    return load_or_build(
+        typed,
+        cache_dir=spec.cache,
+        precision=spec.precision,
+        max_batch=spec.max_batch,
+        device=spec.gpu,
+        workspace_bytes=int(spec.workspace_gib * (1 << 30)),
+    )
+
+
+def _typed_onnx(spec: EngineSpec, onnx_path: Path) -> Path:
+    """The ONNX graph carrying ``spec.precision``: ``onnx_path`` itself when it already does (a
+    ready fp16 or Q/DQ artefact), else its cached fp16 / int8 form. For TensorRT (and the
+    TensorRT EP) a Q/DQ graph must be symmetric int8."""
+    import onnx
+
+    from seg_perception.engines.fp16 import graph_precision
+    from seg_perception.engines.quantize import TENSORRT_INT8_MODE, asymmetric_quantizers
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    carried = graph_precision(proto)
+    wanted = spec.precision
+    trt = spec.backend == "tensorrt" or tensorrt_ep(spec)
+    if carried == wanted:
+        bad = asymmetric_quantizers(proto) if carried == "int8" and trt else []
+        if bad:
+            raise EngineError(
+                f"ONNX file {onnx_path}: {len(bad)} Q/DQ node(s) (e.g. {bad[0]!r}) are not "
+                f"symmetric int8 with zero point 0, which TensorRT needs; quantise the fp32 "
+                f"model with int8 mode {TENSORRT_INT8_MODE}"
+            )
+        return onnx_path
+    if carried == "fp32" and wanted == "fp16":
+        return ensure_fp16_onnx(onnx_path, cache_dir=spec.cache)
+    if carried == "fp32" and wanted == "int8":
+        return ensure_int8_onnx(
+            onnx_path, cache_dir=spec.cache, images=_images(spec), mode=int8_mode_for(spec)
+        )
+    if spec.backend == "onnxruntime" and wanted == "fp32":
+        return onnx_path  # onnxruntime runs the graph as it is typed
+    raise EngineError(
+        f"engine {spec.label}: ONNX file {onnx_path} carries {carried}, not {wanted}: give the "
+        f"fp32 export (the {wanted} form is derived from it) or set precision {carried}"
+    )
+
+
+def build(spec: EngineSpec) -> Engine:
+    """A running engine for ``spec``; every problem is an :class:`EngineError` naming the file
+    or parameter."""
+    if spec.backend == "torch":
         from seg_perception.engines.torch_backend import TorchEngine
 
-        module = _export_module(
-            kind,
-            model,
-            num_classes=num_classes,
-            input_hw=input_hw,
-            weights=_weights_path(weights, allow_random_weights),
-            switches=switches,
-        )
+        module = _export_module(spec)
         return TorchEngine(
             module,
-            input_hw=input_hw,
-            num_classes=num_classes,
-            device=device,
-            threads=threads,
-            name=label,
-            precision=precision,
-            max_batch=max_batch,
-            output_names=outputs,
+            input_hw=spec.input_hw,
+            num_classes=spec.num_classes,
+            device=spec.device,
+            threads=spec.threads,
+            name=spec.label,
+            precision=spec.precision,
+            max_batch=spec.max_batch,
+            output_names=spec.outputs,
         )
-
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if onnx is not None:
-        onnx_path = Path(onnx)
-        if not onnx_path.is_file():
-            raise EngineError(f"ONNX file {onnx_path} not found")
-    else:
-        onnx_path = ensure_onnx(
-            kind,
-            model,
-            num_classes=num_classes,
-            input_hw=input_hw,
-            weights=_weights_path(weights, allow_random_weights),
-            switches=switches,
-            cache_dir=cache,
-        )
-    _check_artefact(onnx_path, num_classes=num_classes, input_hw=input_hw)
-
-    def images() -> list[np.ndarray]:
-        from seg_perception.engines.calibration import CalibrationError, calibration_images
-
-        try:
-            return calibration_images(
-                calib, input_hw=input_hw, count=calib_count, topic=calib_topic
-            )
-        except CalibrationError as exc:
-            raise EngineError(str(exc)) from None
-
-    if backend == "onnxruntime":
+    path = prepare(spec)
+    if spec.backend == "onnxruntime":
         from seg_perception.engines.onnx_backend import OnnxEngine
-        from seg_perception.engines.tensorrt_backend import is_qdq_model
 
-        if precision == "int8" and not is_qdq_model(onnx_path):
-            onnx_path = ensure_int8_onnx(
-                onnx_path, cache_dir=cache, images=images(), mode=int8_mode
-            )
         return OnnxEngine(
-            onnx_path,
-            providers=parse_providers(providers),
-            threads=threads,
-            graph_optimization=graph_optimization,
-            precision=precision,
-            num_classes=num_classes,
-            input_hw=input_hw,
-            max_batch=max_batch,
-            expected_outputs=outputs,
-            cache_dir=cache,
-            name=label,
+            path,
+            providers=list(spec.providers),
+            threads=spec.threads,
+            graph_optimization=spec.graph_optimization,
+            precision=spec.precision,
+            num_classes=spec.num_classes,
+            input_hw=spec.input_hw,
+            max_batch=spec.max_batch,
+            expected_outputs=spec.outputs,
+            cache_dir=spec.cache,
+            name=spec.label,
         )
+    from seg_perception.engines.tensorrt_backend import TensorRTEngine
 
-    from seg_perception.engines.build_engine_cli import load_or_build
-    from seg_perception.engines.tensorrt_backend import TensorRTEngine, is_qdq_model
-
-    if precision == "bf16":
-        raise EngineError(f"engine {label}: bf16 is not offered for TensorRT; use fp16")
-    gpu = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-    calib_imgs = images() if precision == "int8" and not is_qdq_model(onnx_path) else None
-    engine_path = load_or_build(
-        onnx_path,
-        cache_dir=cache,
-        precision=precision,
-        max_batch=max_batch,
-        calib_images=calib_imgs,
-        device=gpu,
-    )
     return TensorRTEngine(
-        engine_path,
-        num_classes=num_classes,
-        input_hw=input_hw,
-        expected_outputs=outputs,
-        device=gpu,
-        name=label,
+        path,
+        num_classes=spec.num_classes,
+        input_hw=spec.input_hw,
+        expected_outputs=spec.outputs,
+        device=spec.gpu,
+        name=spec.label,
     )
 
 

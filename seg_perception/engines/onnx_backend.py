@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from seg_perception.choices import PRECISIONS
 from seg_perception.engines.base import (
     EngineError,
     OutputBuffers,
@@ -165,7 +166,7 @@ class OnnxEngine(WarmupMixin):
                 f"none of the onnxruntime providers {list(providers)} is available here; "
                 f"available: {', '.join(ort.get_available_providers())}"
             )
-        if precision not in ("fp32", "bf16", "fp16", "int8"):
+        if precision not in PRECISIONS:
             raise EngineError(f"engine {self.name}: unknown precision {precision!r}")
         if precision == "bf16" or (
             precision == "fp16" and "TensorrtExecutionProvider" not in usable

@@ -57,13 +57,24 @@ def provider_options(
     max_batch: int,
     device_id: int = 0,
 ) -> dict[str, str]:
-    """ORT provider options for ``provider`` (all values strings, as ORT takes them)."""
+    """ORT provider options for ``provider`` (all values strings, as ORT takes them).
+
+    ``precision``: what the model carries -- the TensorRT EP gets the same graphs as the
+    TensorRT backend (:func:`seg_perception.engines.factory.prepare`): an fp16 graph whose
+    numerically sensitive layers are fp32, or a symmetric int8 Q/DQ graph whose scales come from
+    the calibration (explicit quantization: no calibration table option).
+    ``trt_fp16_enable`` / ``trt_int8_enable`` follow that precision, and only that: the
+    onnxruntime TensorRT EP of TensorRT 10 builds weakly typed networks, where these builder flags
+    are what permits fp16 kernels for the graph's fp16 layers and int8 Q/DQ layers at all
+    (TensorRT refuses Q/DQ layers in a weakly typed network without its INT8 flag; the EP has no
+    option for strongly typed networks); with TensorRT 11, which removed the flags and is always
+    strongly typed, onnxruntime guards those calls and the graph's types decide. An fp32 model
+    gets neither flag, so the EP never lowers a precision the graph does not carry.
+    """
     if provider == "TensorrtExecutionProvider":
         opts = {
             "device_id": str(device_id),
             "trt_fp16_enable": str(precision == "fp16"),
-            # int8 artefacts are QDQ models (explicit quantisation): TensorRT takes the scales
-            # from the Q/DQ nodes, no calibration table is needed.
             "trt_int8_enable": str(precision == "int8"),
         }
         if cache_dir is not None:

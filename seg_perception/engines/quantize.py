@@ -1,9 +1,9 @@
-"""CPU int8: onnxruntime static quantisation of an fp32 export into a QDQ model.
+"""int8: onnxruntime static quantisation of an fp32 export into a QDQ model.
 
-QDQ format with per-channel int8 weights and uint8 activations, in one of two modes
-(:data:`seg_perception.machine.INT8_MODES`, chosen for the machine by
-:func:`seg_perception.machine.choose_int8_mode`), as onnxruntime's ``quantize_static`` docstring
-advises:
+QDQ format with per-channel int8 weights, in one of three modes
+(:data:`seg_perception.machine.INT8_MODES`; for the CPU chosen for the machine by
+:func:`seg_perception.machine.choose_int8_mode`, for TensorRT always ``s8s8_symmetric``). The two
+CPU modes have uint8 activations, as onnxruntime's ``quantize_static`` docstring advises:
 
 * ``u8s8`` for x86 CPUs with VNNI (AVX512-VNNI / AVX-VNNI / AMX) and other architectures: "Use
   activation_type=QuantType.QUInt8 and weight_type=QuantType.QInt8 with reduce_range=False";
@@ -17,9 +17,17 @@ advises:
   ShelfNet-18 0.958 with 8-bit weights on an AVX2-only Zen 3; on a Zen 5 with VNNI ShelfNet-18
   0.994 (u8s8) / 0.992 (u8s8_reduce_range), GUN 0.999 / 0.998.
 
+The third mode, ``s8s8_symmetric``, is TensorRT's explicit quantization (strongly typed engines,
+TensorRT 10 and 11, and onnxruntime's TensorRT execution provider): TensorRT takes only
+symmetric int8 Q/DQ -- int8 activations and weights with zero point 0 -- and no int32 Q/DQ, so
+activations are calibrated symmetric (``ActivationSymmetric``) and biases stay fp32
+(``QuantizeBias=False``; TensorRT fuses the fp32 bias into its int8 convolution itself). The
+same graph runs on onnxruntime's CPU EP (test_trt_graphs.py measures its agreement with fp32),
+so one quantised model serves both runtimes.
+
 The mode is part of the int8 cache key (:func:`quantization_settings`): a model quantised for
-one kind of CPU is not reused on the other. ORT fuses the DQ -> Conv -> Q patterns into integer
-convolutions at session start.
+one kind of CPU (or for TensorRT) is not reused for another. ORT fuses the DQ -> Conv -> Q
+patterns into integer convolutions at session start.
 
 Kept fp32 (:func:`excluded_nodes`): head and stem (< 1 % of the FLOPs), narrow first convolutions
 (GUN: 4 %):
@@ -60,9 +68,13 @@ __all__ = [
     "CALIBRATION_METHODS",
     "NARROW_OUT_CHANNELS",
     "REVISION",
+    "TENSORRT_INT8_MODE",
+    "asymmetric_quantizers",
+    "ensure_node_names",
     "excluded_nodes",
     "quantization_settings",
     "quantize_int8",
+    "stem_and_head",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +87,8 @@ NARROW_OUT_CHANNELS = 32
 REVISION = 2
 _HEAD_OPS = {"ArgMax", "Softmax", "ReduceMax", "TopK"}
 _COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+#: the int8 mode of TensorRT engines and of onnxruntime's TensorRT EP (module docstring)
+TENSORRT_INT8_MODE = "s8s8_symmetric"
 
 
 def quantization_settings(*, per_channel: bool, method: str, mode: str) -> dict[str, Any]:
@@ -86,10 +100,11 @@ def quantization_settings(*, per_channel: bool, method: str, mode: str) -> dict[
         )
     if mode not in INT8_MODES:
         raise ValueError(f"int8 mode {mode!r}; valid: {', '.join(INT8_MODES)}")
-    return {
+    symmetric = mode == TENSORRT_INT8_MODE
+    settings: dict[str, Any] = {
         "format": "QDQ",
         "per_channel": bool(per_channel),
-        "activations": "uint8",
+        "activations": "int8 symmetric" if symmetric else "uint8",
         "weights": "int8",
         "mode": mode,
         "reduce_range": mode == "u8s8_reduce_range",
@@ -98,6 +113,9 @@ def quantization_settings(*, per_channel: bool, method: str, mode: str) -> dict[
         "first_conv_fp32_below": NARROW_OUT_CHANNELS,
         "revision": REVISION,
     }
+    if symmetric:
+        settings["bias"] = "fp32"
+    return settings
 
 
 def _reaches_compute(nodes: list[Any], links: dict[str, list[Any]], ports: str) -> dict[str, bool]:
@@ -124,14 +142,14 @@ def _out_channels(node: Any, shapes: dict[str, list[int]]) -> int | None:
     return int(dims[0]) if dims else None
 
 
-def excluded_nodes(model: Any) -> tuple[list[str], list[str]]:
-    """``(stem, head)``: the nodes kept fp32 (see the module docstring).
+def stem_and_head(model: Any) -> tuple[set[str], set[str]]:
+    """``(stem, head)`` node names of an export form's graph (nodes must be named).
 
     ``head``: nodes with no compute node (Conv/MatMul/Gemm) downstream -- the last compute layers
-    (classifier, GUN's guidance-offset head) and everything after them. ``stem``: non-compute
-    nodes with no compute node upstream -- the input normalisation and GUN's input pooling --
-    and the convolutions reading them (or the graph input) with fewer than
-    :data:`NARROW_OUT_CHANNELS` output channels.
+    (classifier, GUN's guidance-offset head) and everything after them (upsampling, GUN's
+    sampling grid, softmax, arg max). ``stem``: non-compute nodes with no compute node upstream
+    -- the input normalisation and GUN's input pooling. Shared by the int8 quantiser and the fp16
+    conversion (:mod:`seg_perception.engines.fp16`), which both keep these regions fp32.
     """
     nodes = list(model.graph.node)
     consumers: dict[str, list[Any]] = {}
@@ -143,8 +161,19 @@ def excluded_nodes(model: Any) -> tuple[list[str], list[str]]:
             producers.setdefault(t, []).append(node)
     feeds = _reaches_compute(nodes, consumers, "output")
     fed = _reaches_compute(nodes, producers, "input")
-    head = sorted(n.name for n in nodes if not feeds[n.name])
+    head = {n.name for n in nodes if not feeds[n.name]}
     stem = {n.name for n in nodes if n.op_type not in _COMPUTE_OPS and not fed[n.name]}
+    return stem, head
+
+
+def excluded_nodes(model: Any) -> tuple[list[str], list[str]]:
+    """``(stem, head)``: the nodes kept fp32 (see the module docstring).
+
+    ``head`` and ``stem`` as :func:`stem_and_head`; ``stem`` also holds the convolutions reading
+    the stem (or the graph input) with fewer than :data:`NARROW_OUT_CHANNELS` output channels.
+    """
+    nodes = list(model.graph.node)
+    stem, head = stem_and_head(model)
     from_stem = {t for n in nodes if n.name in stem for t in n.output}
     from_stem.update(i.name for i in model.graph.input)
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
@@ -156,7 +185,31 @@ def excluded_nodes(model: Any) -> tuple[list[str], list[str]]:
         and (_out_channels(n, shapes) or NARROW_OUT_CHANNELS) < NARROW_OUT_CHANNELS
         and n.name not in head
     }
-    return sorted(stem | narrow), head
+    return sorted(stem | narrow), sorted(head)
+
+
+def asymmetric_quantizers(model: Any) -> list[str]:
+    """Names of the Q/DQ nodes of ``model`` that TensorRT cannot take: a zero point that is not
+    an int8 zero (uint8 or int32 types, or non-zero values). Empty for a model quantised in
+    :data:`TENSORRT_INT8_MODE`. Zero points given by a node rather than an initializer count as
+    not symmetric (TensorRT needs constants)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    bad = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zp = node.input[2] if len(node.input) > 2 else ""
+        if not zp:
+            src = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+            if src is not None and src.data_type != TensorProto.INT8:
+                bad.append(node.name)  # e.g. an int32 bias
+            continue  # a QuantizeLinear without zero point quantises to int8, zero point 0
+        t = inits.get(zp)
+        if t is None or t.data_type != TensorProto.INT8 or numpy_helper.to_array(t).any():
+            bad.append(node.name)
+    return bad
 
 
 class _Reader:
@@ -205,7 +258,8 @@ def _unshare_initializers(model: Any, keep_fp32: set[str]) -> None:
                 node.input[i] = copies[t]
 
 
-def _ensure_node_names(model: Any) -> None:
+def ensure_node_names(model: Any) -> None:
+    """Name every unnamed node ``<op>_<index>`` (in place): regions and exclusions go by name."""
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
@@ -223,8 +277,8 @@ def quantize_int8(
     """Quantise the fp32 ONNX ``src`` into the QDQ int8 model ``dst`` (written atomically).
 
     ``images``: calibration images ``(H, W, 3)`` uint8 at the model's input size (each is run
-    as a batch of one). ``mode``: ``u8s8`` or ``u8s8_reduce_range`` (7-bit weights, for x86
-    CPUs without VNNI; see the module docstring).
+    as a batch of one). ``mode``: ``u8s8``, ``u8s8_reduce_range`` (7-bit weights, for x86
+    CPUs without VNNI) or ``s8s8_symmetric`` (TensorRT; see the module docstring).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -237,6 +291,14 @@ def quantize_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     settings = quantization_settings(per_channel=per_channel, method=method, mode=mode)
+    symmetric = mode == TENSORRT_INT8_MODE
+    # TensorRT: symmetric int8 activations (weights are symmetric in every mode: onnxruntime's
+    # WeightSymmetric defaults to True for int8 weights) and fp32 biases (no int32 Q/DQ)
+    extra: dict[str, Any] = (
+        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+        if symmetric
+        else {}
+    )
     src = Path(src)
     batches = [np.ascontiguousarray(img)[None] for img in images]
     if not batches:
@@ -257,7 +319,7 @@ def quantize_int8(
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        _ensure_node_names(model)
+        ensure_node_names(model)
         stem, head = excluded_nodes(model)
         exclude = stem + head
         _unshare_initializers(model, set(exclude))
@@ -270,10 +332,11 @@ def quantize_int8(
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 reduce_range=settings["reduce_range"],
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calib,
                 nodes_to_exclude=exclude,
+                extra_options=extra,
                 # No CalibMaxIntermediateOutputs: in onnxruntime 1.31 it drops the batches it
                 # flushes. MinMax calibration keeps only per-tensor min/max values anyway.
             )

@@ -1,4 +1,4 @@
-"""TensorRT backend (TensorRT 10 API): run cached engines; the shared pure parts.
+"""TensorRT backend (TensorRT 10.x and 11.x API): run cached engines; the shared pure parts.
 
 * Run: name-based I/O tensors (``set_input_shape`` / ``set_tensor_address``) and
   ``execute_async_v3`` on a CUDA stream with device buffers; data-dependent output shapes (the
@@ -7,8 +7,8 @@
 * Pure parts, tested on any machine: :func:`profile_shapes` (optimisation profile for batch
   ``1..max_batch``), :func:`io_tensors` / :func:`check_io` (name-based I/O mapping),
   :func:`engine_key` (the engine cache key).
-* Building engines (ONNX parser, fp16 / int8 entropy calibration, timing cache, engine cache) is
-  in :mod:`seg_perception.engines.build_engine_cli`, with the ``build-engine`` command.
+* Building engines (ONNX parser, strongly typed networks from fp16 / Q/DQ graphs, timing cache,
+  engine cache) is in :mod:`seg_perception.engines.tensorrt_build`, used by ``build-engine``.
 
 CUDA memory and streams come from ``torch.cuda`` rather than ``cuda-python`` (``cuda.bindings``):
 torch is already a hard dependency and brings the CUDA runtime, its caching allocator serves the
@@ -17,8 +17,10 @@ second allocator competing for memory), ``torch.cuda.Stream.cuda_stream`` is the
 ``execute_async_v3`` takes, and pinned host tensors give asynchronous copies. ``cuda.bindings``
 would add a second CUDA API with raw error tuples to check at every call and no type information.
 
-This module imports neither ``tensorrt`` nor ``torch`` at import time, and is type-checked with
-mypy against ``tensorrt-stubs`` (``test/test_tensorrt_pure.py``).
+This module imports neither ``tensorrt`` nor ``torch`` at import time. It is type-checked with
+mypy against ``tensorrt-stubs`` (``test/test_tensorrt_pure.py``), and every TensorRT name it and
+the builder use is checked against the real Python API of TensorRT 10.0 to 11.4
+(``test/test_tensorrt_api.py``, name lists in ``test/data/tensorrt_api/``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ __all__ = [
     "cuda_torch",
     "engine_key",
     "io_tensors",
-    "is_qdq_model",
     "onnx_input",
     "profile_shapes",
     "require_tensorrt",
@@ -189,13 +190,6 @@ def onnx_input(path: Path) -> tuple[str, list[int | str]]:
     return inp.name, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
-def is_qdq_model(path: Path) -> bool:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
-
-
 def engine_key(
     onnx_path: Path,
     *,
@@ -204,8 +198,9 @@ def engine_key(
     input_name: str,
     tensorrt_version: str,
     compute_capability: str,
-    calib_sha256: str = "",
 ) -> EngineKey:
+    """The cache key of the engine built from ``onnx_path`` (its content hash) with these
+    settings, by this TensorRT version on a GPU of this compute capability."""
     return EngineKey(
         onnx_sha256=sha256_file(onnx_path),
         tensorrt_version=tensorrt_version,
@@ -215,7 +210,6 @@ def engine_key(
         min_shape=profile.min,
         opt_shape=profile.opt,
         max_shape=profile.max,
-        calib_sha256=calib_sha256,
     )
 
 

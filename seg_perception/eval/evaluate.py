@@ -22,11 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from seg_perception.atomic import write_text_atomic
-from seg_perception.data.bag_io import BagError, bag_topics, image_from_ros, read_bag_messages
-from seg_perception.eval.fusion_bench import gt_panoptic
-from seg_perception.labels import IGNORE_ID, PANOPTIC_DIVISOR, LabelTable
+from seg_perception.codec import array_to_imgmsg, image_from_ros, msg_to_rgb8, stamp_ns
+from seg_perception.data.bag_io import BagError, bag_topics, read_bag_messages
+from seg_perception.labels import LabelTable
 from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
-from seg_perception.pipeline import (  # noqa: F401 - build_pipeline re-exported
+from seg_perception.panoptic import gt_panoptic
+from seg_perception.pipeline import (  # build_pipeline: re-exported
     ALL_OUTPUTS,
     INSTANCE,
     OVERLAY,
@@ -34,11 +35,16 @@ from seg_perception.pipeline import (  # noqa: F401 - build_pipeline re-exported
     PANOPTIC_COLOR,
     SEMANTIC,
     SEMANTIC_COLOR,
-    PanopticSettings,
     Pipeline,
     build_pipeline,
 )
 from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
+
+__all__ = [
+    "CAMERA_TYPES", "COMPRESSED", "IMAGE", "NUM_SAMPLES", "Accumulators", "Topics",
+    "build_pipeline", "camera_namespace", "evaluate_bag", "json_safe", "percentiles",
+    "resolve_topics",
+]  # fmt: skip
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -120,11 +126,9 @@ def resolve_topics(
     )
 
 
-def _stamp(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float]) -> dict[str, float]:
+    """``p50``, ``p95``, ``mean`` and ``n`` of a non-empty list of times (the metrics' latency
+    entries)."""
     a = np.asarray(values, np.float64)
     return {
         "p50": float(np.percentile(a, 50)),
@@ -175,7 +179,7 @@ class Accumulators:
         if asp_semantic is not None:
             self.asp.update(asp_semantic, gt_sem)
         if panoptic is not None and gt_inst is not None:
-            self.pq.update(panoptic, ground_truth_panoptic(gt_sem, gt_inst))
+            self.pq.update(panoptic, gt_panoptic(gt_sem, gt_inst, self.labels))
 
     def compute(self, *, interrupted: bool = False, total_frames: int | None = None) -> dict:
         sem = self.semantic.compute()
@@ -190,7 +194,7 @@ class Accumulators:
             "semantic": sem,
             "confusion": self.semantic.confusion.tolist(),
             "boundary_iou": self.trimap.compute(),
-            "latency_ms": {k: _percentiles(v) for k, v in self.timings.items() if v},
+            "latency_ms": {k: percentiles(v) for k, v in self.timings.items() if v},
         }
         if self.panoptic:
             out["panoptic"] = self.pq.compute()
@@ -206,22 +210,18 @@ class Accumulators:
         return out
 
 
-def ground_truth_panoptic(gt_sem: np.ndarray, gt_inst: np.ndarray) -> np.ndarray:
-    """Panoptic ids of a Cityscapes-style frame (void = 255 * 1000)."""
-    pan, _ = gt_panoptic(gt_sem, gt_inst)
-    pan[gt_sem == IGNORE_ID] = IGNORE_ID * PANOPTIC_DIVISOR
-    return pan
-
-
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """A metrics tree as strict JSON can hold it: NaN / inf -> ``None``, NumPy scalars -> Python
+    numbers, tuples -> lists, dict keys -> strings (``json.dumps(..., allow_nan=False)`` then
+    succeeds)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
-        return _json_safe(x.item())
+        return json_safe(x.item())
     return x
 
 
@@ -243,8 +243,6 @@ class _Recorder:
         self, stamp: int, raw: bytes, header: Any, arrays: dict[str, np.ndarray | None]
     ) -> None:
         from rclpy.serialization import serialize_message
-
-        from seg_perception.ros.image_codec import array_to_imgmsg
 
         self.bag.write(self.camera, stamp, raw)
         for topic, (name, enc) in self.topics.items():
@@ -280,8 +278,6 @@ def evaluate_bag(
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CompressedImage, Image
 
-    from seg_perception.ros.image_codec import msg_to_rgb8
-
     panoptic = pipeline.panoptic_engine is not None
     all_topics = bag_topics(bag)
     topics = resolve_topics(
@@ -305,7 +301,7 @@ def evaluate_bag(
     wanted = [topics.camera, *gt]
 
     def process(stamp: int, raw: bytes, msg: Any) -> None:
-        key = _stamp(msg)
+        key = stamp_ns(msg.header)
         rgb = msg_to_rgb8(msg)
         res = pipeline.run(rgb, ALL_OUTPUTS)
         assert res.semantic is not None
@@ -368,14 +364,14 @@ def evaluate_bag(
             try:
                 if topic == topics.camera:
                     msg = deserialize_message(raw, cam_type)
-                    if ready(_stamp(msg)):
+                    if ready(stamp_ns(msg.header)):
                         process(stamp, raw, msg)
                         bar.update()
                     else:
-                        pending[_stamp(msg)] = (stamp, raw, msg)
+                        pending[stamp_ns(msg.header)] = (stamp, raw, msg)
                     continue
                 gmsg = deserialize_message(raw, Image)
-                key = _stamp(gmsg)
+                key = stamp_ns(gmsg.header)
                 gt[topic][key] = image_from_ros(gmsg)
             except BagError:
                 raise
@@ -396,7 +392,7 @@ def evaluate_bag(
         raise
     bar.close()
     rec.bag.close()
-    metrics = _json_safe(acc.compute(interrupted=interrupted, total_frames=total))
+    metrics = json_safe(acc.compute(interrupted=interrupted, total_frames=total))
     metrics["topics"] = {
         "camera": topics.camera,
         "gt_semantic": topics.gt_semantic,

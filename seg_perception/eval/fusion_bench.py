@@ -22,10 +22,16 @@ import cv2
 import numpy as np
 
 from seg_perception.fusion import fuse_baseline, fuse_heuristic
-from seg_perception.labels import CITYSCAPES, IGNORE_ID, PANOPTIC_DIVISOR, LabelTable
+from seg_perception.labels import CITYSCAPES, PANOPTIC_DIVISOR, LabelTable
 from seg_perception.machine import machine_header, machine_record
 from seg_perception.metrics import PanopticQuality, SemanticMetrics
-from seg_perception.panoptic import Instances, encode_panoptic, mask_bounds, paste_masks
+from seg_perception.panoptic import (
+    Instances,
+    encode_panoptic,
+    gt_panoptic,
+    mask_bounds,
+    paste_masks,
+)
 
 # sub-category confusions of the paper's Fig. 2 (pixel classifiers mix these up inside objects)
 CONFUSIONS = {
@@ -47,17 +53,6 @@ class Corrupted:
     gt_panoptic: np.ndarray  # (H, W) int32, void = 255 * 1000
 
 
-def gt_panoptic(semantic: np.ndarray, instance_ids: np.ndarray) -> tuple[np.ndarray, list]:
-    """Cityscapes-style instanceIds -> panoptic ids (trainId*1000 + k) and the thing masks."""
-    pan = semantic.astype(np.int32) * PANOPTIC_DIVISOR
-    things = []
-    for k, iid in enumerate(np.unique(instance_ids[instance_ids >= 1000]), start=1):
-        mask = instance_ids == iid
-        pan[mask] += k
-        things.append((mask, int(semantic[mask][0])))
-    return pan, things
-
-
 def corrupt(
     semantic: np.ndarray,
     instance_ids: np.ndarray,
@@ -69,7 +64,10 @@ def corrupt(
     """Seeded Fig.-2-style corruption of a ground-truth frame (see the module docstring)."""
     rng = np.random.default_rng(seed)
     h, w = semantic.shape
-    pan, things = gt_panoptic(semantic, instance_ids)
+    gt = gt_panoptic(semantic, instance_ids, labels)
+    ids = np.unique(gt[gt % PANOPTIC_DIVISOR > 0])
+    ids = ids[np.argsort(ids % PANOPTIC_DIVISOR, kind="stable")]  # k: instanceId order
+    things = [(gt == i, int(i) // PANOPTIC_DIVISOR) for i in ids]
     sem = semantic.copy()
     masks, cls, scores, windows = [], [], [], []
     for mask, train_id in things:
@@ -117,8 +115,6 @@ def corrupt(
         )
     else:
         inst = Instances.empty(h, w)
-    gt = pan.copy()
-    gt[semantic == IGNORE_ID] = IGNORE_ID * PANOPTIC_DIVISOR
     return Corrupted(sem, inst, gt)
 
 

@@ -22,18 +22,19 @@ from typing import Any
 import numpy as np
 
 from seg_perception.atomic import write_text_atomic
-from seg_perception.data.bag_io import BagError, bag_topics, image_from_ros, read_bag_messages
+from seg_perception.codec import image_from_ros, msg_to_rgb8, stamp_ns
+from seg_perception.data.bag_io import BagError, bag_topics, read_bag_messages
 from seg_perception.eval.evaluate import (
     NUM_SAMPLES,
-    OUTPUT_TOPICS,
-    PANOPTIC_TOPICS,
     Accumulators,
-    _json_safe,
-    _percentiles,
-    _stamp,
+    json_safe,
+    percentiles,
     resolve_topics,
 )
 from seg_perception.ros.dds import large_image_transport
+from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
+
+__all__ = ["evaluate_live", "semantic_by_stamp", "typed_overrides"]
 
 IMAGE = "sensor_msgs/msg/Image"
 SEMANTIC_TOPIC = "segmentation/semantic"
@@ -44,8 +45,9 @@ QUIET_S = 2.0  # ... and stop once no output arrived for this long
 PACE_TIMEOUT_S = 60.0  # paced play: send the next frame after this long without an answer
 
 
-def _typed(overrides: dict[str, str]) -> dict[str, Any]:
-    """String overrides (as ``-p key:=value`` takes them) -> YAML-typed values for load_config."""
+def typed_overrides(overrides: dict[str, str]) -> dict[str, Any]:
+    """String overrides (as ``-p key:=value`` takes them) -> YAML-typed values for load_config:
+    the configuration the live node runs with, for comparing it with an offline run."""
     import yaml
 
     return {k: yaml.safe_load(str(v)) for k, v in overrides.items()}
@@ -98,13 +100,12 @@ def evaluate_live(
         start_node,
         stop_process,
     )
-    from seg_perception.ros.image_codec import msg_to_rgb8
 
     if not rate > 0:
         raise ValueError(f"rate must be > 0, got {rate}")
     params = {k: _ros_value(v) for k, v in (overrides or {}).items()}
     config = Path(config_path) if config_path else default_config_path()
-    cfg = load_config(config, _typed(params))
+    cfg = load_config(config, typed_overrides(params))
     panoptic = bool(cfg.panoptic.enabled)
     topics = resolve_topics(
         bag,
@@ -129,7 +130,7 @@ def evaluate_live(
     if topics.gt_instance:
         gt_raw[topics.gt_instance] = {}
     for topic, _, _, raw in read_bag_messages(bag, list(gt_raw)):
-        gt_raw[topic][_stamp(deserialize_message(raw, Image))] = raw
+        gt_raw[topic][stamp_ns(deserialize_message(raw, Image).header)] = raw
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,7 @@ def evaluate_live(
         if item.topic.endswith(LABELS_TOPIC):
             labels_seen.set()
             return
-        key = _stamp(deserialize_message(item.rawdata, Image))
+        key = stamp_ns(deserialize_message(item.rawdata, Image).header)
         with lock:
             received[item.topic][key] = (item.wall_ns, item.rawdata)
             writer.write(item.topic, item.wall_ns, item.rawdata)
@@ -161,7 +162,7 @@ def evaluate_live(
     def on_publish(topic: str, wall_ns: int, raw: bytes) -> None:
         msg = deserialize_message(raw, type_by_topic)
         with lock:
-            published[_stamp(msg)] = wall_ns
+            published[stamp_ns(msg.header)] = wall_ns
             writer.write(topic, wall_ns, raw)
 
     from sensor_msgs.msg import CompressedImage
@@ -248,7 +249,9 @@ def evaluate_live(
 
     semantic = received[sem_topic]
     answered = sorted(set(semantic) & set(published))
-    camera_raw = {_stamp(deserialize_message(raw, type_by_topic)): raw for _, _, _, raw in camera}
+    camera_raw = {
+        stamp_ns(deserialize_message(raw, type_by_topic).header): raw for _, _, _, raw in camera
+    }
     acc = Accumulators(labels, panoptic)
     e2e = [(semantic[s][0] - published[s]) / 1e6 for s in answered]
     acc.timings["total"].extend(e2e)  # the report's latency histogram: end to end here
@@ -276,7 +279,7 @@ def evaluate_live(
             rgb = msg_to_rgb8(deserialize_message(camera_raw[s], type_by_topic))
             acc.samples.append({"rgb": rgb, "gt": g_sem, "pred": pred})
 
-    metrics = _json_safe(acc.compute(total_frames=len(camera)))
+    metrics = json_safe(acc.compute(total_frames=len(camera)))
     realtime = {
         "rate": rate,
         "paced": pace,
@@ -289,14 +292,14 @@ def evaluate_live(
         "published": len(published),
         "answered": len(answered),
         "dropped": len(published) - len(answered),
-        "latency_ms": _percentiles(e2e) if e2e else None,
+        "latency_ms": percentiles(e2e) if e2e else None,
         "panoptic_answered": len(received[pan_topic]) if panoptic else None,
         "node_exit_code": node_code,
     }
     metrics["frames"].update(
         published=realtime["published"], answered=realtime["answered"], dropped=realtime["dropped"]
     )
-    metrics["realtime"] = _json_safe(realtime)
+    metrics["realtime"] = json_safe(realtime)
     metrics["topics"] = {
         "camera": topics.camera,
         "gt_semantic": topics.gt_semantic,
@@ -319,5 +322,5 @@ def semantic_by_stamp(outputs_bag: str | Path, topic: str) -> dict[int, np.ndarr
     out: dict[int, np.ndarray] = {}
     for _, _, _, raw in read_bag_messages(outputs_bag, [topic]):
         msg = deserialize_message(raw, Image)
-        out[_stamp(msg)] = image_from_ros(msg)
+        out[stamp_ns(msg.header)] = image_from_ros(msg)
     return out

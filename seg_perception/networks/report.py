@@ -1,4 +1,5 @@
-"""``seg-perception models``: every builder with its switches, parameter count and GFLOPs.
+"""The networks' report (``seg-perception models``): every builder with its switches,
+parameter count and GFLOPs.
 
 GFLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass in eval
 mode (2 FLOPs per multiply-add; convolutions, matmuls and the detector's linear layers; RoIAlign,
@@ -12,15 +13,10 @@ sized for this CPU and the shipped-weights budget (our reduction, not the papers
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-
-from seg_perception.cli_paths import OutputFile
 
 # The paper configurations the report lists: (label, builder name, switches, paper input size)
 PAPER_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
@@ -138,40 +134,3 @@ def report(input_hw: tuple[int, int] | None = None, *, variants: str = "paper") 
             ModelRow(label, name, {**builder_switches(name), **switches}, hw, params, gflops, mb)
         )
     return rows
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input", default=None, help="HxW for every model (default: each paper's input size)"
-    )
-    parser.add_argument(
-        "--json", default=None, action=OutputFile, help="also write the rows as JSON here"
-    )
-    parser.add_argument(
-        "--variants",
-        choices=("paper", "cpu", "all"),
-        default="paper",
-        help="the papers' networks, the width-reduced CPU variants, or both",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from seg_perception.config import parse_hw
-
-    rows = report(parse_hw(args.input) if args.input else None, variants=args.variants)
-    print(f"| {'model':<52} | {'input':>9} | {'params (M)':>10} | {'fp16 MB':>8} | {'GFLOPs':>8} |")
-    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
-    for r in rows:
-        hw = f"{r.input_hw[0]}x{r.input_hw[1]}"
-        print(
-            f"| {r.label:<52} | {hw:>9} | {r.params_m:10.2f} | {r.fp16_mb:8.1f} | {r.gflops:8.1f} |"
-        )
-    print("\nswitches (defaults):")
-    for name in dict.fromkeys(r.model for r in rows):
-        switches = ", ".join(f"{k}={v!r}" for k, v in builder_switches(name).items())
-        print(f"  {name}: {switches}")
-    if args.json:
-        from seg_perception.atomic import write_text_atomic
-
-        write_text_atomic(Path(args.json), json.dumps([asdict(r) for r in rows], indent=2))
-    return 0

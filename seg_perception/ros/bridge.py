@@ -19,8 +19,8 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from seg_perception.codec import ros_type
 from seg_perception.ros.dds import large_image_transport
-from seg_perception.ros.msg_types import ros_type
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 

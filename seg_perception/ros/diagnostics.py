@@ -72,11 +72,16 @@ class NodeStats:
             self.engine_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
 
-    def record_frame(self, *, total_ms: float, engine_ms: float, age_ms: float | None) -> None:
+    def record_frame(
+        self, *, total_ms: float, engine_ms: float | None, age_ms: float | None
+    ) -> None:
+        """A processed frame; ``engine_ms`` None: the real-time engine did not run for it (only
+        panoptic outputs were wanted, fused with the ASP model's own semantic map)."""
         with self.lock:
             self.processed += 1
             self.latency_ms.append(total_ms)
-            self.engine_ms.append(engine_ms)
+            if engine_ms is not None:
+                self.engine_ms.append(engine_ms)
             if age_ms is not None:
                 self.age_ms.append(age_ms)
             self.stamps.append(time.monotonic())

@@ -28,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from seg_perception import config as cfgmod
+from seg_perception.codec import ImageDecodeError, array_to_imgmsg, check_image_fields, msg_to_rgb8
 from seg_perception.engines import EngineError
 from seg_perception.labels import load_label_table
 from seg_perception.pipeline import (
@@ -41,13 +42,7 @@ from seg_perception.pipeline import (
 from seg_perception.ros.camera import Camera, camera_topic
 from seg_perception.ros.dds import large_image_transport
 from seg_perception.ros.diagnostics import EngineHealth, camera_status, diagnostic_array
-from seg_perception.ros.image_codec import (
-    ImageDecodeError,
-    array_to_imgmsg,
-    check_image_fields,
-    msg_to_rgb8,
-)
-from seg_perception.ros.params import check_params_files_applied, declare_parameters, own_params
+from seg_perception.ros.params import declare_parameters
 from seg_perception.ros.pylog import forward_package_logging
 from seg_perception.ros.reload import EngineReloader
 from seg_perception.ros.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
@@ -59,21 +54,36 @@ LATCHED_QOS = QoSProfile(
 )
 
 
+def _own_semantic_copy(items: dict[Hashable, Any]) -> dict[Hashable, Any]:
+    """``on_take`` of the async panoptic worker: the taken frame's semantic map copied out of
+    the real-time pipeline's buffers (called while the semantic worker cannot write them)."""
+    return {
+        key: (msg, rgb, None if semantic is None else semantic.copy())
+        for key, (msg, rgb, semantic) in items.items()
+    }
+
+
 class SegNode(Node):
     """The segmentation node. Raises ``ConfigError`` / ``EngineError`` when it cannot start."""
 
-    def __init__(self, *, params_files: tuple[str, ...] = (), **node_kwargs: Any) -> None:
-        super().__init__(cfgmod.NODE_NAME, **node_kwargs)
-        files = {
-            p: cfgmod.validate(own_params(cfgmod.read_params_file(p)), source=p, partial=True)
-            for p in params_files
-        }  # errors name the file and the key
-        self.cfg = declare_parameters(self)
-        check_params_files_applied(self, files)
+    def __init__(self, **node_kwargs: Any) -> None:
+        # every override becomes a parameter at once: declare_parameters reads what reached us
+        super().__init__(
+            cfgmod.NODE_NAME, automatically_declare_parameters_from_overrides=True, **node_kwargs
+        )
+        try:
+            self.cfg = declare_parameters(
+                self,
+                cli_args=node_kwargs.get("cli_args"),
+                use_global_arguments=node_kwargs.get("use_global_arguments", True),
+            )
+        except Exception:
+            self.destroy_node()
+            raise
         self.labels = load_label_table(self.cfg.labels)
         self.semantic_health = EngineHealth("semantic", f"{self.cfg.model}/{self.cfg.backend}")
         with forward_package_logging(self.get_logger()):  # export / engine build progress
-            self.pipeline = build_pipeline(self.cfg, self.labels, on_note=self._log_note)
+            self.pipeline = build_pipeline(self.cfg, self.labels, on_note=self.log_note)
         self.semantic_health.name = self.pipeline.engine.name
         self.semantic_health.state = "loaded"
         pan = self.cfg.panoptic
@@ -82,7 +92,7 @@ class SegNode(Node):
             if self.pipeline.panoptic_engine is not None
             else None
         )
-        self._pipeline_lock = threading.Lock()  # held while the real-time engine runs
+        self.pipeline_lock = threading.Lock()  # held while the real-time engine runs
         compressed = self.cfg.input_transport == "compressed"
         msg_type: type = CompressedImage if compressed else Image
         out_topics = {**OUTPUT_TOPICS, **(PANOPTIC_TOPICS if pan.enabled else {})}
@@ -120,6 +130,11 @@ class SegNode(Node):
                 self._process_panoptic_items,
                 take="one",
                 on_error=self._worker_failed,
+                # items refer to the real-time net's output buffers: the one taken is copied
+                # while the semantic worker cannot overwrite them (it withdraws waiting items
+                # first), so no copy is made for an item that a newer frame replaces
+                take_lock=self.pipeline_lock,
+                on_take=_own_semantic_copy,
             )
             if pan.enabled and pan.mode == "async"
             else None
@@ -130,7 +145,7 @@ class SegNode(Node):
             f"{self.cfg.network_height}x{self.cfg.network_width}; listening on {topics}"
         )
 
-    def _log_note(self, model: str, note: str) -> None:
+    def log_note(self, model: str, note: str) -> None:
         # two call sites: rclpy refuses one site logging at two severities
         if "RANDOM" in note:
             self.get_logger().warning(f"{model}: {note}")
@@ -211,7 +226,7 @@ class SegNode(Node):
                 cam.stats.count("skipped_no_subscribers")
                 continue
             try:
-                rgb = msg_to_rgb8(msg)
+                rgb = msg_to_rgb8(msg, checked=True)  # checked once, when it arrived
                 if rgb.shape[0] * rgb.shape[1] > self.cfg.max_pixels:  # a compressed payload
                     raise ImageDecodeError(
                         f"decoded {rgb.shape[1]}x{rgb.shape[0]} exceeds max_pixels "
@@ -225,43 +240,62 @@ class SegNode(Node):
         if not frames:
             return {}
         t1 = time.perf_counter()
-        with self._pipeline_lock:
+        # the real-time engine runs for the frames whose outputs someone reads: its own topics,
+        # or the panoptic ones when the fusion takes its semantic map
+        realtime = [f for f in frames if self._needs_realtime(f[3])]
+        with self.pipeline_lock:
             pipeline = self.pipeline
+            if self._panoptic_worker is not None:  # their semantic buffers are overwritten now
+                for cam, *_ in realtime:
+                    self._panoptic_worker.withdraw(cam.name)
             try:
-                outs = pipeline.run_batch([f[2] for f in frames], [f[3] for f in frames])
+                outs = pipeline.run_batch([f[2] for f in realtime], [f[3] for f in realtime])
             except Exception as exc:
-                self._engine_failed(self.semantic_health, [f[0] for f in frames], exc)
+                self._engine_failed(self.semantic_health, [f[0] for f in realtime], exc)
                 return {}
-        self._engine_ok(self.semantic_health)
+        if realtime:
+            self._engine_ok(self.semantic_health)
+        by_camera = {f[0].name: out for f, out in zip(realtime, outs, strict=True)}
         timings = {}
-        for (cam, msg, rgb, want), out in zip(frames, outs, strict=True):
+        for cam, msg, rgb, want in frames:
             ts = time.perf_counter()
-            arrays = {k: getattr(out, k) for k in want & ALL_OUTPUTS}
-            self._publish(cam, OUTPUT_TOPICS, arrays, msg.header)
+            out = by_camera.get(cam.name)
+            if out is not None:
+                arrays = {k: getattr(out, k) for k in want & ALL_OUTPUTS}
+                self._publish(cam, OUTPUT_TOPICS, arrays, msg.header)
             te = time.perf_counter()
             cam.stats.record_frame(  # age at publication, for the deadline check of diagnostics
                 total_ms=(te - t0) * 1e3,
-                engine_ms=out.timings_ms["engine"],
+                engine_ms=out.timings_ms["engine"] if out is not None else None,
                 age_ms=self._age_ms(msg),
             )
             timings[cam.name] = {
                 "decode": (t1 - t0) * 1e3,
-                **out.timings_ms,
+                **(out.timings_ms if out is not None else {}),
                 "publish": (te - ts) * 1e3,
             }
             pan_want = want & PANOPTIC_OUTPUTS
             if pan_want and pipeline.panoptic_engine is not None:
-                semantic = out.semantic if self.cfg.fusion.semantic_source == "realtime" else None
-                if self._panoptic_worker is not None:  # async: copy what the next frame overwrites
-                    self._panoptic_worker.offer(
-                        (msg, rgb, None if semantic is None else semantic.copy()), key=cam.name
-                    )
+                semantic = None if out is None or self._asp_semantic else out.semantic
+                if self._panoptic_worker is not None:  # async: copied only when taken
+                    self._panoptic_worker.offer((msg, rgb, semantic), key=cam.name)
                 elif cam.frame_index % self.cfg.panoptic.every_n == 0:
                     timings[cam.name].update(
                         self._process_panoptic(cam, (msg, rgb, semantic), pipeline)
                     )
             cam.frame_index += 1
         return timings
+
+    @property
+    def _asp_semantic(self) -> bool:
+        """The fusion takes the ASP model's own semantic map (``fusion.semantic_source: asp``)."""
+        return self.cfg.fusion.semantic_source == "asp"
+
+    def _needs_realtime(self, want: set[str]) -> bool:
+        if want & ALL_OUTPUTS:
+            return True
+        panoptic = self.pipeline.panoptic_engine is not None and bool(want & PANOPTIC_OUTPUTS)
+        return panoptic and not self._asp_semantic
 
     def _engine_failed(self, health: EngineHealth, cams: list[Camera], exc: Exception) -> None:
         """Count the failure on every camera of the batch; log once per burst."""
@@ -367,11 +401,6 @@ class SegNode(Node):
             self.pipeline.panoptic_engine.close()
 
 
-def params_files_from_args(args: list[str]) -> tuple[str, ...]:
-    """The ``--params-file`` paths of a ROS command line (after ``--ros-args``)."""
-    return tuple(args[i + 1] for i, a in enumerate(args[:-1]) if a == "--params-file")
-
-
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``seg_node`` executable. SIGINT and SIGTERM end it with status 0."""
     large_image_transport()  # before the DDS participant exists
@@ -379,7 +408,7 @@ def main(args: list[str] | None = None) -> int:
     node = None
     code = 0
     try:
-        node = SegNode(params_files=params_files_from_args(sys.argv if args is None else args))
+        node = SegNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -10,43 +10,43 @@ fails keeps the old engine, puts the parameters back to the values it runs with,
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rclpy.parameter import Parameter
 
 from seg_perception import config as cfgmod
-from seg_perception.engines import EngineError, resolve_weights
+from seg_perception.config_schema import RELOADABLE
+from seg_perception.engines import EngineError, EngineSpec, semantic_spec
+from seg_perception.labels import LabelTable
+from seg_perception.pipeline import Pipeline
+from seg_perception.ros.diagnostics import EngineHealth
 from seg_perception.ros.pylog import forward_package_logging
 
-if TYPE_CHECKING:  # pragma: no cover
-    from seg_perception.ros.node import SegNode
 
-# the parameters that only concern the real-time engine
-RELOADABLE = frozenset(
-    {
-        "model",
-        "weights",
-        "allow_random_weights",
-        "backend",
-        "precision",
-        "providers",
-        "engine_cache",
-        "device",
-        "threads",
-        "network_height",
-        "network_width",
-        "warmup_frames",
-    }
-)
+class ReloadHost(Protocol):
+    """What the reloader uses of the node (``SegNode``), so that it needs no import of it."""
+
+    cfg: cfgmod.SegConfig
+    labels: LabelTable
+    cameras: Any
+    pipeline: Pipeline
+    pipeline_lock: threading.Lock
+    semantic_health: EngineHealth
+
+    def get_logger(self) -> Any: ...
+
+    def set_parameters(self, parameters: list[Parameter]) -> Any: ...
+
+    def log_note(self, model: str, note: str) -> None: ...
 
 
 class EngineReloader:
     """Reloads ``node.pipeline``'s real-time engine on parameter changes (one at a time)."""
 
-    def __init__(self, node: SegNode) -> None:
+    def __init__(self, node: ReloadHost) -> None:
         self._node = node
         self._thread: threading.Thread | None = None
-        self._pending: tuple[cfgmod.SegConfig, dict[str, Any]] | None = None
+        self._pending: tuple[cfgmod.SegConfig, EngineSpec, str, dict[str, Any]] | None = None
         self._reverting = False
         self.reloads = 0  # successful reloads
 
@@ -74,12 +74,12 @@ class EngineReloader:
         except cfgmod.ConfigError as exc:
             return str(exc)
         try:  # a missing file or one holding another network is refused now, not after a build
-            resolve_weights(new, new.semantic_weights(), "weights", new.model)
+            spec, note = semantic_spec(new, node.labels, max_batch=len(node.cameras))
         except EngineError as exc:
             return f"{exc}; keeping engine {node.pipeline.engine.name}"
         if all(new.get(k) == node.cfg.get(k) for k in RELOADABLE):
             return None
-        self._pending = (new, {k: node.cfg.get(k) for k in changes})
+        self._pending = (new, spec, note, {k: node.cfg.get(k) for k in changes})
         return None
 
     def start_pending(self) -> None:
@@ -88,15 +88,17 @@ class EngineReloader:
         once must not put the old values back before that (they would be overwritten)."""
         if self._pending is None or self._reverting:  # reverting: the failed reload's own call
             return
-        new, old = self._pending
+        new, spec, note, old = self._pending
         self._thread = threading.Thread(
-            target=self._reload, args=(new, old), name="seg_reload", daemon=True
+            target=self._reload, args=(new, spec, note, old), name="seg_reload", daemon=True
         )
         self._thread.start()
         self._pending = None
 
-    def _reload(self, new: cfgmod.SegConfig, old: dict[str, Any]) -> None:
-        from seg_perception.engines import create_semantic_engine
+    def _reload(
+        self, new: cfgmod.SegConfig, spec: EngineSpec, note: str, old: dict[str, Any]
+    ) -> None:
+        from seg_perception.engines import factory
 
         node = self._node
         health = node.semantic_health
@@ -105,10 +107,8 @@ class EngineReloader:
         health.state = "reloading"
         try:
             with forward_package_logging(log):
-                engine, note = create_semantic_engine(
-                    new, node.labels, max_batch=len(node.cameras)
-                )
-            node._log_note(new.model, note)
+                engine = factory.build(spec)
+            node.log_note(new.model, note)
             engine.warmup(new.warmup_frames)
         except Exception as exc:
             health.state = "loaded"
@@ -119,7 +119,7 @@ class EngineReloader:
             self._revert(old)
             return
         pipeline = node.pipeline.with_engine(engine)
-        with node._pipeline_lock:  # between two frames
+        with node.pipeline_lock:  # between two frames
             previous, node.pipeline = node.pipeline, pipeline
             node.cfg = new  # differs from the running configuration only in RELOADABLE
         previous.engine.close()

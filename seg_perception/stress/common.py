@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seg_perception.errors import SegError
+
 #: Parameters of the node under stress: random weights (no weights file needed), a small
 #: network, one inference thread, fast diagnostics, no panoptic model.
 SMALL_NODE_PARAMS: dict[str, Any] = {
@@ -55,7 +57,7 @@ def add_node_arguments(parser: Any, *, startup_help: str, out_help: str) -> None
     parser.add_argument("--out", default=None, action=OutputDir, help=out_help)
 
 
-class StressError(RuntimeError):
+class StressError(SegError, RuntimeError):
     """The node could not be started or never became ready (the message names the log)."""
 
 
@@ -191,11 +193,6 @@ class RosClient:
         self.pub.destroy_node()
         self.sub.destroy_node()
         rclpy.try_shutdown(context=self.context)
-
-
-def stamp_key(stamp: Any) -> int:
-    """Header stamp -> nanoseconds (the key outputs are paired with inputs by)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def u8(payload: bytes | bytearray | memoryview) -> array.array:

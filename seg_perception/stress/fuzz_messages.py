@@ -3,7 +3,7 @@
 Pure (numpy + OpenCV, no ROS): :func:`plan` returns :class:`FuzzMessage` field sets, and
 :func:`to_ros` turns one into a ``sensor_msgs`` message. Every malformed kind names the
 ``bad_frames.<reason>`` counter the node must increase for it (the reasons of
-:class:`seg_perception.ros.image_codec.ImageDecodeError`, plus ``too_large`` for ``max_pixels``).
+:class:`seg_perception.codec.ImageDecodeError`, plus ``too_large`` for ``max_pixels``).
 Images are small (32..96 px a side) so that a run of hundreds of messages stays cheap.
 """
 

@@ -75,10 +75,10 @@ class Session:
 
     @staticmethod
     def _sink(t: Target):
-        from seg_perception.stress.common import stamp_key
+        from seg_perception.codec import stamp_ns
 
         def on_output(msg: Any) -> None:
-            key = stamp_key(msg.header.stamp)
+            key = stamp_ns(msg.header)
             t.answers[key] = (msg.header.frame_id, msg.height, msg.width, msg.encoding)
 
         return on_output

@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seg_perception.config import hw_argument
 from seg_perception.stress.common import add_node_arguments
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=int, default=4, help="camera streams (4)")
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second per camera (30)")
     parser.add_argument("--minutes", type=float, default=10.0, help="duration in minutes (10)")
-    parser.add_argument("--height", type=int, default=256, help="camera image height (256)")
-    parser.add_argument("--width", type=int, default=512, help="camera image width (512)")
+    parser.add_argument(
+        "--camera", type=hw_argument, default=(256, 512), help="camera image HxW (256x512)"
+    )
     parser.add_argument("--network", default="64x128", help="network input HxW (64x128)")
     parser.add_argument(
         "--rss-period", type=float, default=30.0, help="seconds between RSS samples (30)"
@@ -70,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.cameras,
         fps=args.fps,
         minutes=args.minutes,
-        height=args.height,
-        width=args.width,
+        height=args.camera[0],
+        width=args.camera[1],
         network=parse_hw(args.network),
         rss_period=args.rss_period,
         warmup=args.warmup,
@@ -106,7 +108,7 @@ def _check(
     if not 0 < minutes <= 24 * 60:
         problems.append(f"--minutes must be in (0, 1440], got {minutes}")
     if not (16 <= height <= 4096 and 16 <= width <= 8192):
-        problems.append(f"--height/--width must be 16..4096 / 16..8192, got {height}x{width}")
+        problems.append(f"--camera must be 16..4096 x 16..8192, got {height}x{width}")
     if not 1 <= frames <= 256:
         problems.append(f"--frames must be 1..256, got {frames}")
     if problems:

@@ -17,7 +17,7 @@ class CameraStreams:
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
-        from seg_perception.ros.image_codec import array_to_imgmsg
+        from seg_perception.codec import array_to_imgmsg
         from seg_perception.ros.node import OUTPUT_QOS
 
         self.client, self.names = client, names
@@ -45,11 +45,11 @@ class CameraStreams:
         self.timers: list[Any] = []
 
     def _on_answer(self, cam: str):
-        from seg_perception.stress.common import stamp_key
+        from seg_perception.codec import stamp_ns
 
         def on_output(msg: Any) -> None:
             now_ns = time.time_ns()
-            key = stamp_key(msg.header.stamp)
+            key = stamp_ns(msg.header)
             with self.lock:
                 if msg.header.stamp.sec < 1000 and msg.header.frame_id == f"{cam}_optical":
                     self.handshake[cam].add(key)  # a start-up frame
@@ -80,7 +80,7 @@ class CameraStreams:
             self.timers.append(self.client.pub.create_timer(1.0 / fps, self._tick(c)))
 
     def _tick(self, cam: str):
-        from seg_perception.stress.common import stamp_key
+        from seg_perception.codec import stamp_ns
 
         frames = self.msgs[cam]
         counter = [0]
@@ -92,7 +92,7 @@ class CameraStreams:
             counter[0] += 1
             msg.header.stamp = self.client.now_stamp()
             with self.lock:
-                self.pending[cam].add(stamp_key(msg.header.stamp))
+                self.pending[cam].add(stamp_ns(msg.header))
                 self.sent[cam] += 1
             self.pubs[cam].publish(msg)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from seg_perception.train.train_cli import add_arguments, run
+from seg_perception.commands.train import add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from seg_perception.atomic import atomic_path, write_text_atomic
+from seg_perception.errors import SegError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -39,7 +40,7 @@ NET_PREFIX = "net."  # the trainer's module holds the network as ``net`` (and tr
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SegError, ValueError):
     """A checkpoint is missing, unreadable or not a trainer checkpoint; the message names it."""
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from seg_perception.data.datasets import AugmentedDataset, build_dataset, collate
+from seg_perception.errors import SegError
 from seg_perception.labels import load_label_table
 from seg_perception.machine import choose_amp, detect
 from seg_perception.train import distributed as D
@@ -48,7 +49,7 @@ __all__ = [
 log = logging.getLogger("seg_perception.train")
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(SegError, RuntimeError):
     """The loss became NaN / inf; the message names the iteration and the last good checkpoint."""
 
 

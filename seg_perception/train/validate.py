@@ -16,28 +16,10 @@ import torch
 from torch import Tensor
 
 from seg_perception.data.transforms import image_to_tensor
-from seg_perception.labels import CITYSCAPES, IGNORE_ID, PANOPTIC_DIVISOR, LabelTable
+from seg_perception.labels import CITYSCAPES, LabelTable
+from seg_perception.panoptic import gt_panoptic
 
-__all__ = ["gt_panoptic", "sample_panel", "validate_panoptic", "validate_semantic"]
-
-
-def gt_panoptic(
-    semantic: np.ndarray, instance: np.ndarray | None, labels: LabelTable = CITYSCAPES
-) -> np.ndarray:
-    """Ground-truth panoptic ids ``trainId * 1000 + k`` from trainIds and Cityscapes instanceIds.
-
-    Thing pixels of instance ``labelId * 1000 + j`` get ``k = j + 1``; thing pixels without an
-    instance (crowd) ``k = 0``; void ``255 * 1000``; stuff ``trainId * 1000``.
-    """
-    sem = semantic.astype(np.int32)
-    pan = sem * PANOPTIC_DIVISOR
-    if instance is not None:
-        inst = instance.astype(np.int64)
-        has = (inst >= 1000) & (sem != IGNORE_ID)
-        thing = np.isin(sem, labels.thing_train_ids)
-        sel = has & thing
-        pan[sel] += (inst[sel] % 1000 + 1).astype(np.int32)
-    return pan
+__all__ = ["sample_panel", "validate_panoptic", "validate_semantic"]
 
 
 def sample_panel(

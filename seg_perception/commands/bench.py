@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fusion = sub.add_parser("fusion", help="fusion heuristic vs baseline: time, mIoU, PQ")
     fusion.add_argument("--frames", type=int, default=10, help="frames per count (default 10)")
     fusion.add_argument("--counts", default="5,20,50", help="instance counts (default 5,20,50)")
-    fusion.add_argument("--size", default="1024x2048", help="frame HxW (default 1024x2048)")
+    fusion.add_argument("--camera", default="1024x2048", help="camera HxW (default 1024x2048)")
     fusion.add_argument(
         "--json", default=None, action=OutputFile, help="also write the results as JSON here"
     )
@@ -63,9 +63,9 @@ def bench_node(frames: int, camera_hw: tuple[int, int], network_hw: tuple[int, i
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
+    from seg_perception.codec import array_to_imgmsg
     from seg_perception.data.synth import generate_frame
     from seg_perception.ros.bridge import loopback_env
-    from seg_perception.ros.image_codec import array_to_imgmsg
     from seg_perception.ros.node import OUTPUT_QOS, OUTPUT_TOPICS, SegNode
 
     os.environ.update(loopback_env())
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.what == "fusion":
         from seg_perception.eval.fusion_bench import print_fusion_table, run_fusion_bench
 
-        h, w = parse_hw(args.size)
+        h, w = parse_hw(args.camera)
         counts = tuple(int(c) for c in args.counts.split(","))
         result = run_fusion_bench(counts, frames=args.frames, height=h, width=w)
         print_fusion_table(result)

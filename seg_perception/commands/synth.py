@@ -2,7 +2,7 @@
 
 Hook into a CLI with :func:`add_synth_arguments` and :func:`run_synth` (aliases ``add_arguments`` /
 ``run`` as ``seg_perception.cli`` expects); also runnable alone as
-``python -m seg_perception.data.synth_cli --frames 100 --out /tmp/synth_bag``.
+``python -m seg_perception.commands.synth --frames 100 --out /tmp/synth_bag``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli_paths import OutputDir
-from .bag_io import DEFAULT_START_NS, BagError, write_synth_bag
-from .cityscapes_io import write_cityscapes_folder
-from .synth import generate_frames
+from seg_perception.cli_paths import OutputDir
+from seg_perception.config import hw_argument
+from seg_perception.data.bag_io import DEFAULT_START_NS, BagError, write_synth_bag
+from seg_perception.data.cityscapes_io import write_cityscapes_folder
+from seg_perception.data.synth import generate_frames
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,8 +29,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--seed", type=int, default=0, help="sequence seed (>= 0)")
     parser.add_argument("--start", type=int, default=0, help="index of the first frame")
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument(
+        "--camera", type=hw_argument, default=(1024, 2048), help="frame HxW (1024x2048)"
+    )
     parser.add_argument("--fps", type=float, default=10.0, help="bag frame rate")
     parser.add_argument("--namespace", default="/camera", help="bag topic namespace")
     parser.add_argument("--frame-id", default="camera", help="header frame_id in the bag")
@@ -48,16 +50,17 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_synth(args: argparse.Namespace) -> int:
     """Run the command; returns the process exit code (0 ok, 1 failed, 2 bad arguments)."""
-    if args.frames < 1 or args.seed < 0 or args.start < 0 or args.height < 16 or args.width < 16:
+    height, width = args.camera
+    if args.frames < 1 or args.seed < 0 or args.start < 0 or height < 16 or width < 16:
         print(
             "synth: need --frames >= 1, --seed >= 0, --start >= 0 and a size of at least 16x16; "
             f"got frames={args.frames} seed={args.seed} start={args.start} "
-            f"size={args.height}x{args.width}",
+            f"size={height}x{width}",
             file=sys.stderr,
         )
         return 2
     frames = generate_frames(
-        args.frames, seed=args.seed, height=args.height, width=args.width, start=args.start
+        args.frames, seed=args.seed, height=height, width=width, start=args.start
     )
     try:
         if args.format == "bag":

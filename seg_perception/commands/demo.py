@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.cli_paths import ExistingFile, OutputDir
+from seg_perception.config import hw_argument
 
 NAMESPACE = "/camera"
 SHEET = ("segmentation/semantic_color", "segmentation/panoptic_color", "segmentation/overlay")
@@ -36,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="play at the recorded rate even where the node cannot keep up (default: paced, "
         "each frame sent once the node answered the previous one, semantic and panoptic)",
     )
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument(
+        "--camera", type=hw_argument, default=(1024, 2048), help="frame HxW (1024x2048)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--config",
@@ -61,13 +63,14 @@ def _synthetic_bag(args: argparse.Namespace) -> Path:
     from seg_perception.data.bag_io import write_synth_bag
     from seg_perception.data.synth import generate_frames
 
-    name = f"synth_s{args.seed}_n{args.frames}_{args.height}x{args.width}_{args.fps:g}fps"
+    height, width = args.camera
+    name = f"synth_s{args.seed}_n{args.frames}_{height}x{width}_{args.fps:g}fps"
     path = Path(args.cache) / name
     if path.exists():
         print(f"[demo] using cached synthetic bag {path}")
         return path
     print(f"[demo] generating {args.frames} synthetic frames -> {path}")
-    frames = generate_frames(args.frames, seed=args.seed, height=args.height, width=args.width)
+    frames = generate_frames(args.frames, seed=args.seed, height=height, width=width)
     return write_synth_bag(
         path,
         frames,
@@ -106,16 +109,15 @@ def _sheet_rows(outputs_bag: Path, camera_topic: str) -> list[list[np.ndarray]]:
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
+    from seg_perception.codec import imgmsg_to_array, stamp_ns
     from seg_perception.data.bag_io import read_bag_messages
-    from seg_perception.ros.image_codec import imgmsg_to_array
 
     ns = camera_topic.rsplit("/", 1)[0]
     wanted = [camera_topic, *(f"{ns}/{t}" for t in SHEET)]
     by_stamp: dict[int, dict[str, np.ndarray]] = {}
     for topic, _, _, raw in read_bag_messages(outputs_bag, topics=wanted):
         msg = deserialize_message(raw, Image)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        by_stamp.setdefault(stamp, {})[topic] = imgmsg_to_array(msg)
+        by_stamp.setdefault(stamp_ns(msg.header), {})[topic] = imgmsg_to_array(msg)
     answered = sorted(s for s, imgs in by_stamp.items() if len(imgs) > 1)
     complete = [s for s in answered if len(by_stamp[s]) == len(wanted)]
     shown = complete or answered

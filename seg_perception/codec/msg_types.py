@@ -1,9 +1,14 @@
-"""Message type names (``pkg/msg/Name``, as bags store them) <-> rclpy message classes."""
+"""Message type names (``pkg/msg/Name``, as bags store them) <-> rclpy message classes.
+
+The classes are imported on first use, so that the codec and offline tools import without ROS.
+"""
 
 from __future__ import annotations
 
 import importlib
 from functools import cache
+
+__all__ = ["ros_type", "type_name"]
 
 
 @cache

@@ -1,4 +1,6 @@
-"""``sensor_msgs`` Image <-> NumPy conversion, cv_bridge-compatible (compressed: compressed_codec).
+"""``sensor_msgs`` Image <-> NumPy conversion, cv_bridge-compatible.
+
+Raw images only: :mod:`.compressed` handles ``CompressedImage``, :mod:`.frames` takes either.
 
 When a working ROS 2 ``cv_bridge`` is importable (checked on a tiny image at import time, so a
 build against NumPy 1 is detected and skipped), it does the passthrough conversions; otherwise this
@@ -12,6 +14,12 @@ ros-perception/vision_opencv):
 * ``is_bigendian`` data is returned in native byte order with the right values;
 * ``array_to_imgmsg`` writes the C-order bytes, ``step = len(data) // height`` and
   ``is_bigendian`` = whether the array's dtype is big-endian.
+
+One rule for the size of ``data``, whoever reads the message (camera frames in the node and in
+bags, ground truth, node outputs): it must be exactly ``step * height`` bytes, as sensor_msgs
+defines it ("actual matrix data, size is (step * rows)"). Shorter data and trailing bytes both
+raise :class:`ImageDecodeError` ("data_too_short" / "data_too_long"): a message whose size
+disagrees with its own fields is damaged, and which bytes are pixels cannot be told.
 
 Deliberate differences from cv_bridge, each a case where cv_bridge crashes or returns garbage:
 invalid messages (empty, short/long data, small step, unknown encoding) raise
@@ -30,7 +38,6 @@ resized in place (assigning a new ``msg.data`` is fine). Pass ``copy=True`` for 
 
 from __future__ import annotations
 
-import array
 import os
 import sys
 from typing import Any
@@ -38,52 +45,21 @@ from typing import Any
 import cv2
 import numpy as np
 
-from seg_perception.ros.image_encodings import (
-    _ALIASES,
-    _DTYPE_TO_DEPTH,
-    _GENERIC,
-    _NAMED,
-    ImageCodecError,
+from seg_perception.codec.buffers import byte_length, byte_view, u8_array
+from seg_perception.codec.encodings import (
+    DTYPE_TO_DEPTH,
     ImageDecodeError,
     ImageEncodeError,
-    _cv_type_name,
+    cv_bridge_knows,
+    cv_type_name,
     encoding_info,
 )
+from seg_perception.codec.msg_types import ros_type
 
 __all__ = [
-    "BACKEND", "HAVE_CV_BRIDGE", "ImageCodecError", "ImageDecodeError", "ImageEncodeError",
-    "array_to_imgmsg", "check_image_fields", "encoding_info",
-    "imgmsg_to_array", "msg_to_rgb8", "to_rgb8",
+    "BACKEND", "GT_ENCODINGS", "HAVE_CV_BRIDGE", "array_to_imgmsg", "check_image",
+    "image_from_ros", "imgmsg_to_array", "to_rgb8",
 ]  # fmt: skip
-
-
-def _byte_length(data: Any) -> int | None:
-    """Size in bytes of a message's ``data`` without reading it (None: not a byte buffer)."""
-    if isinstance(data, (bytes, bytearray, list, tuple)):
-        return len(data)
-    try:
-        return memoryview(data).nbytes
-    except TypeError:
-        return None
-
-
-def _byte_view(data: Any) -> tuple[np.ndarray, bool]:
-    """1-D uint8 array over ``data`` and whether a view into it may be handed out."""
-    if isinstance(data, array.array):  # rclpy: owned by this message object alone
-        return np.frombuffer(data, np.uint8), True
-    if isinstance(data, bytes):
-        return np.frombuffer(data, np.uint8), True
-    if isinstance(data, (list, tuple)):
-        try:
-            return np.asarray(data, dtype=np.uint8), False
-        except (OverflowError, ValueError, TypeError) as exc:
-            raise ImageDecodeError(
-                f"image data list is not bytes 0..255: {exc}", reason="bad_data"
-            ) from exc
-    view = memoryview(data)
-    if not view.c_contiguous:
-        return np.frombuffer(view.tobytes(), np.uint8), False
-    return np.frombuffer(view.cast("B"), np.uint8), view.readonly
 
 
 def _validate(msg: Any) -> tuple[np.dtype, int, int]:
@@ -103,7 +79,7 @@ def _validate(msg: Any) -> tuple[np.dtype, int, int]:
             f"{what}: step {step} < width*bytes_per_pixel = {width}*{pixel_bytes} = {row_bytes}",
             reason="step_too_small",
         )
-    nbytes = _byte_length(msg.data)
+    nbytes = byte_length(msg.data)
     if nbytes is None:
         raise ImageDecodeError(
             f"{what}: data of type {type(msg.data).__name__} is not a byte buffer",
@@ -119,10 +95,16 @@ def _validate(msg: Any) -> tuple[np.dtype, int, int]:
     return dtype, channels, row_bytes
 
 
-def _own_imgmsg_to_array(msg: Any, copy: bool) -> np.ndarray:
-    dtype, channels, row_bytes = _validate(msg)
+def _layout(msg: Any) -> tuple[np.dtype, int, int]:
+    """(dtype, channels, row_bytes) of an Image already validated (:func:`check_image`)."""
+    dtype, channels = encoding_info(str(msg.encoding))
+    return dtype, channels, int(msg.width) * dtype.itemsize * channels
+
+
+def _own_imgmsg_to_array(msg: Any, copy: bool, checked: bool = False) -> np.ndarray:
+    dtype, channels, row_bytes = _layout(msg) if checked else _validate(msg)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    buf, may_view = _byte_view(msg.data)
+    buf, may_view = byte_view(msg.data)
     # Strides instead of cv_bridge's reshape to (H, step // pixel_bytes): also right when the
     # padding is not a whole number of pixels ("step: Full row length in bytes", sensor_msgs).
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
@@ -137,25 +119,28 @@ def _own_imgmsg_to_array(msg: Any, copy: bool) -> np.ndarray:
     return view
 
 
-def imgmsg_to_array(msg: Any, *, copy: bool = False) -> np.ndarray:
+def imgmsg_to_array(msg: Any, *, copy: bool = False, checked: bool = False) -> np.ndarray:
     """cv_bridge ``imgmsg_to_cv2(msg, "passthrough")``: ``(H, W)`` or ``(H, W, C)`` array.
 
     ``msg`` is a ``sensor_msgs.msg.Image`` (or any object with its fields, e.g. from rosbags).
     The message is validated before its data is read; see the module docstring for when the
     result is a view into ``msg.data`` (``copy=True`` always returns a private array).
-    Raises :class:`ImageDecodeError`.
+    ``checked=True``: the message passed :func:`check_image` already (the node's subscription
+    callback checks every frame once), so its fields are not checked again. Raises
+    :class:`ImageDecodeError`.
     """
     if _BRIDGE is not None and _bridge_handles(msg):
-        _validate(msg)
+        if not checked:
+            _validate(msg)
         out = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
         return np.array(out) if copy else out
-    return _own_imgmsg_to_array(msg, copy)
+    return _own_imgmsg_to_array(msg, copy, checked)
 
 
 def _bridge_handles(msg: Any) -> bool:
     """Cases where cv_bridge's passthrough is known to be right (see module docstring)."""
     encoding = str(msg.encoding)
-    if encoding not in _NAMED and _GENERIC.fullmatch(encoding) is None:
+    if not cv_bridge_knows(encoding):
         return False
     try:
         dtype, channels = encoding_info(encoding)
@@ -166,35 +151,6 @@ def _bridge_handles(msg: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------ array -> Image
-def _msg_types() -> tuple[type, type]:
-    from sensor_msgs.msg import CompressedImage, Image  # lazy: offline tools need no ROS
-
-    return Image, CompressedImage
-
-
-def _u8_array(buf: np.ndarray) -> array.array:
-    """The ``array.array('B')`` rclpy stores (a message made with ``check_fields=True`` keeps
-    it as is; without, the setter copies it once more): the array's own memory when it is a whole
-    C-contiguous view of one (``engines.base.byte_array_backed``: the message shares it until
-    it is published and dropped), else one copy."""
-    base = buf.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    if (
-        isinstance(base, array.array)
-        and base.typecode == "B"
-        and buf.flags.c_contiguous
-        and buf.nbytes == len(base)
-        and buf.__array_interface__["data"][0] == base.buffer_info()[0]
-    ):
-        return base
-    out = array.array("B")
-    out.frombytes(buf.reshape(-1).view(np.uint8).data)
-    return out
-
-
 def array_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header: Any = None) -> Any:
     """cv_bridge ``cv2_to_imgmsg(arr, encoding, header)``: a ``sensor_msgs.msg.Image``.
 
@@ -214,14 +170,14 @@ def array_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header: Any 
     if arr.size == 0:
         raise ImageEncodeError(f"array_to_imgmsg: empty array of shape {arr.shape}", reason="empty")
     native = arr.dtype.newbyteorder("=")
-    if native not in _DTYPE_TO_DEPTH:
+    if native not in DTYPE_TO_DEPTH:
         raise ImageEncodeError(
             f"array_to_imgmsg: dtype {arr.dtype} has no ROS image type; "
-            f"expected one of {sorted(str(d) for d in _DTYPE_TO_DEPTH)}",
+            f"expected one of {sorted(str(d) for d in DTYPE_TO_DEPTH)}",
             reason="unsupported_dtype",
         )
     channels = 1 if arr.ndim == 2 else arr.shape[2]
-    cv_type = _cv_type_name(native, channels)
+    cv_type = cv_type_name(native, channels)
     if encoding == "passthrough":
         encoding = cv_type
     else:
@@ -229,21 +185,21 @@ def array_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header: Any 
         if (want_dtype, want_channels) != (native, channels):
             raise ImageEncodeError(
                 f"array_to_imgmsg: encoding {encoding!r} needs "
-                f"{_cv_type_name(want_dtype, want_channels)} but the array is {cv_type} "
+                f"{cv_type_name(want_dtype, want_channels)} but the array is {cv_type} "
                 f"(dtype {arr.dtype}, shape {arr.shape})",
                 reason="incompatible_type",
             )
-    if _BRIDGE is not None and encoding not in _ALIASES:
+    if _BRIDGE is not None and cv_bridge_knows(encoding):
         return _BRIDGE.cv2_to_imgmsg(arr, encoding, header)
-    Image, _ = _msg_types()
-    msg = Image(check_fields=True)  # its data setter then keeps our array.array (no copy)
+    # check_fields=True: the data setter keeps our array.array (no copy)
+    msg = ros_type("sensor_msgs/msg/Image")(check_fields=True)
     if header is not None:
         msg.header = header
     msg.height, msg.width, msg.encoding = int(arr.shape[0]), int(arr.shape[1]), encoding
     # cv_bridge: is_bigendian = (dtype.byteorder == '>'); also right on a big-endian host.
     big = arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big")
     msg.is_bigendian = int(big and arr.dtype.itemsize > 1)
-    msg.data = _u8_array(np.ascontiguousarray(arr))
+    msg.data = u8_array(np.ascontiguousarray(arr))
     msg.step = len(msg.data) // msg.height
     return msg
 
@@ -312,38 +268,46 @@ def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
     return arr if code is None else cv2.cvtColor(arr, code)
 
 
-def check_image_fields(msg: Any, max_pixels: int = 0) -> None:
-    """The checks of an Image or CompressedImage that need no pixel conversion (cheap enough for
-    a subscription callback): size limit (``max_pixels`` > 0), empty, step too small, data
-    shorter or longer than declared, unknown or unsupported encoding, empty / depth / cut-short
-    compressed payloads. Raises :class:`ImageDecodeError` with a ``reason``."""
-    if hasattr(msg, "encoding") and hasattr(msg, "step"):
-        pixels = int(msg.height) * int(msg.width)
-        if max_pixels and pixels > max_pixels:
-            raise ImageDecodeError(
-                f"{msg.width}x{msg.height} = {pixels} pixels exceeds max_pixels {max_pixels}",
-                reason="too_large",
-            )
-        _validate(msg)
-    elif hasattr(msg, "format") and hasattr(msg, "data"):
-        from seg_perception.ros.compressed_codec import check_compressed
-
-        check_compressed(msg)
-    else:
-        raise TypeError(f"expected sensor_msgs Image or CompressedImage, got {type(msg).__name__}")
+def check_image(msg: Any, max_pixels: int = 0) -> None:
+    """The checks of an Image that need no pixel conversion (cheap enough for a subscription
+    callback): size limit (``max_pixels`` > 0), empty, step too small, data shorter or longer
+    than ``step * height``, unknown or unsupported encoding. Raises :class:`ImageDecodeError`
+    with a ``reason``."""
+    pixels = int(msg.height) * int(msg.width)
+    if max_pixels and pixels > max_pixels:
+        raise ImageDecodeError(
+            f"{msg.width}x{msg.height} = {pixels} pixels exceeds max_pixels {max_pixels}",
+            reason="too_large",
+        )
+    _validate(msg)
 
 
-def msg_to_rgb8(msg: Any) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB from an Image or a CompressedImage (dispatch on the fields)."""
-    if hasattr(msg, "encoding") and hasattr(msg, "step"):
-        return to_rgb8(imgmsg_to_array(msg), str(msg.encoding))
-    if hasattr(msg, "format") and hasattr(msg, "data"):
-        from seg_perception.ros.compressed_codec import decode_compressed
+# ------------------------------------------------------------------------------ ground truth
+#: the encodings of ground-truth and label images (:func:`image_from_ros`)
+GT_ENCODINGS: tuple[str, ...] = ("mono8", "8UC1", "mono16", "16UC1", "32SC1", "rgb8")
 
-        return decode_compressed(msg)
-    raise TypeError(
-        f"msg_to_rgb8 expects sensor_msgs Image or CompressedImage, got {type(msg).__name__}"
-    )
+
+def image_from_ros(msg: Any, *, copy: bool = False) -> np.ndarray:
+    """Pixels of a ground-truth or label Image (rclpy or rosbags message): trainIds and
+    instance / panoptic ids as the node publishes them and bags record them.
+
+    Encodings: ``mono8``/``8UC1`` (uint8), ``mono16``/``16UC1`` (uint16), ``32SC1`` (int32) and
+    ``rgb8`` (colour images); any other raises :class:`ImageDecodeError`
+    ("unsupported_encoding"): camera frames go through :func:`to_rgb8` instead. Decoded by
+    :func:`imgmsg_to_array` with the same rules as camera frames: ``step`` row padding is
+    dropped, ``is_bigendian`` honoured, and ``data`` must hold exactly ``step * height`` bytes
+    (trailing bytes are an error, like missing ones). Returns ``(H, W)`` or ``(H, W, 3)`` in
+    native byte order (a view into ``msg.data`` where :func:`imgmsg_to_array` gives one;
+    ``copy=True`` for a private array).
+    """
+    encoding = str(msg.encoding)
+    if encoding not in GT_ENCODINGS:
+        raise ImageDecodeError(
+            f"image_from_ros: encoding {encoding!r} is not a ground-truth encoding; supported: "
+            f"{', '.join(GT_ENCODINGS)} (camera frames: seg_perception.codec.frames.msg_to_rgb8)",
+            reason="unsupported_encoding",
+        )
+    return imgmsg_to_array(msg, copy=copy)
 
 
 # ------------------------------------------------------------------------------ cv_bridge

@@ -1,7 +1,7 @@
 """``sensor_msgs/CompressedImage`` <-> RGB arrays, as image_transport's compressed plugin does.
 
-Split from :mod:`seg_perception.ros.image_codec` (raw images); shares its validation helpers and
-errors.
+The sibling of :mod:`.image` (raw images): both use :mod:`.buffers` and the errors of
+:mod:`.encodings`; neither imports the other (:mod:`.frames` takes either message type).
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from seg_perception.ros.image_codec import (
-    ImageDecodeError,
-    ImageEncodeError,
-    _byte_length,
-    _byte_view,
-    _msg_types,
-    _u8_array,
-)
+from seg_perception.codec.buffers import byte_length, byte_view, u8_array
+from seg_perception.codec.encodings import ImageDecodeError, ImageEncodeError
+from seg_perception.codec.msg_types import ros_type
+
+__all__ = ["check_compressed", "decode_compressed", "encode_compressed"]
 
 # sensor_msgs image_encodings isColor(): the encodings image_transport colour-converts.
 _COLOR = {f"{c}{b}" for c in ("rgb", "bgr", "rgba", "bgra") for b in (8, 16)} | {
@@ -30,10 +27,10 @@ def check_compressed(msg: Any) -> tuple[np.ndarray, int]:
     callback): no data, a depth format, a JPEG cut short. Returns (payload bytes, length);
     raises :class:`ImageDecodeError`."""
     fmt = str(msg.format)
-    nbytes = _byte_length(msg.data)
+    nbytes = byte_length(msg.data)
     if not nbytes:
         raise ImageDecodeError(f"compressed image (format {fmt!r}) has no data", reason="empty")
-    buf, _ = _byte_view(msg.data)
+    buf, _ = byte_view(msg.data)
     if "compresseddepth" in fmt.lower():
         raise ImageDecodeError(
             f"compressed image format {fmt!r}: depth images have no RGB form",
@@ -50,7 +47,7 @@ def check_compressed(msg: Any) -> tuple[np.ndarray, int]:
     return buf, nbytes
 
 
-def decode_compressed(msg: Any) -> np.ndarray:
+def decode_compressed(msg: Any, *, checked: bool = False) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` -> ``(H, W, 3)`` uint8 RGB (``cv2.imdecode``).
 
     Channel order follows image_transport's compressed subscriber: the decoded pixels are BGR
@@ -60,7 +57,11 @@ def decode_compressed(msg: Any) -> np.ndarray:
     "corrupt_compressed").
     """
     fmt = str(msg.format)
-    buf, nbytes = check_compressed(msg)
+    # checked: the message passed check_compressed already (the node's subscription callback)
+    if checked:
+        buf, nbytes = byte_view(msg.data)[0], int(byte_length(msg.data) or 0)
+    else:
+        buf, nbytes = check_compressed(msg)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
@@ -124,10 +125,10 @@ def encode_compressed(
             f"encode_compressed: cv2.imencode({kind}) failed for shape {rgb.shape}",
             reason="encode_failed",
         )
-    _, CompressedImage = _msg_types()
-    msg = CompressedImage(check_fields=True)  # keeps our array.array (no copy)
+    # check_fields=True: the data setter keeps our array.array (no copy)
+    msg = ros_type("sensor_msgs/msg/CompressedImage")(check_fields=True)
     if header is not None:
         msg.header = header
     msg.format = f"{'mono8' if mono else 'rgb8'}; {kind} compressed {target}"
-    msg.data = _u8_array(data)
+    msg.data = u8_array(data)
     return msg

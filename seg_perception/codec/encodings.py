@@ -1,4 +1,7 @@
-"""ROS image encodings (cv_bridge's ``getCvType`` table) and the codec's error types."""
+"""ROS image encodings (cv_bridge's ``getCvType`` table) and the codec's error types.
+
+The bottom of :mod:`seg_perception.codec`: NumPy and the package's error base only.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,15 @@ import re
 
 import numpy as np
 
+from seg_perception.errors import SegError
 
-class ImageCodecError(ValueError):
+__all__ = [
+    "DTYPE_TO_DEPTH", "ImageCodecError", "ImageDecodeError", "ImageEncodeError",
+    "cv_bridge_knows", "cv_type_name", "encoding_info",
+]  # fmt: skip
+
+
+class ImageCodecError(SegError, ValueError):
     """A conversion failed; ``reason`` is a short machine-readable tag (for drop counters)."""
 
     def __init__(self, message: str, *, reason: str = "invalid") -> None:
@@ -16,9 +26,9 @@ class ImageCodecError(ValueError):
 
 
 class ImageDecodeError(ImageCodecError):
-    """A message could not be turned into an array (``reason``: "empty", "step_too_small",
-    "data_too_short", "data_too_long", "unknown_encoding", "unsupported_encoding",
-    "incompatible_type", "odd_width", "bad_data", "corrupt_compressed")."""
+    """A message could not be turned into an array (``reason``: "empty", "too_large",
+    "step_too_small", "data_too_short", "data_too_long", "unknown_encoding",
+    "unsupported_encoding", "incompatible_type", "odd_width", "bad_data", "corrupt_compressed")."""
 
 
 class ImageEncodeError(ImageCodecError):
@@ -33,7 +43,8 @@ _DEPTHS: dict[str, np.dtype] = {
     "16S": np.dtype(np.int16), "32S": np.dtype(np.int32), "32F": np.dtype(np.float32),
     "64F": np.dtype(np.float64),
 }  # fmt: skip
-_DTYPE_TO_DEPTH = {dt: name for name, dt in _DEPTHS.items()}
+#: the dtypes a ROS image can hold (native byte order) -> cv depth name ("8U", "32F", ...)
+DTYPE_TO_DEPTH: dict[np.dtype, str] = {dt: name for name, dt in _DEPTHS.items()}
 # Named encodings exactly as cv_bridge's getCvType maps them (depth, channels).
 _NAMED: dict[str, tuple[str, int]] = {
     "rgb8": ("8U", 3), "bgr8": ("8U", 3), "rgba8": ("8U", 4), "bgra8": ("8U", 4),
@@ -77,8 +88,13 @@ def encoding_info(
     )
 
 
-def _cv_type_name(dtype: np.dtype, channels: int) -> str:
-    return f"{_DTYPE_TO_DEPTH[dtype]}C{channels}"
+def cv_bridge_knows(encoding: str) -> bool:
+    """Whether ``encoding`` is in cv_bridge's own table (a named encoding or a generic type);
+    False for the newer aliases (``uyvy``, ``yuyv``) and for unknown names."""
+    return encoding in _NAMED or _GENERIC.fullmatch(encoding) is not None
 
 
-# ------------------------------------------------------------------------------ Image -> array
+def cv_type_name(dtype: np.dtype, channels: int) -> str:
+    """The generic encoding of a native ``dtype`` (a key of :data:`DTYPE_TO_DEPTH`) with
+    ``channels`` channels, e.g. ``(uint8, 3) -> "8UC3"``."""
+    return f"{DTYPE_TO_DEPTH[dtype]}C{channels}"
