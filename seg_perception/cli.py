@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (SegError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    # expected failures: the message and exit 2; anything else is a bug and keeps its traceback
+    # (ValueError stays here while library code still raises it for bad user input)
+    except (SegError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError) as exc:
         print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -240,9 +240,9 @@ def parse_hw(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"expected a size HxW like 512x1024, got {text!r}") from None
+        raise ConfigError(f"expected a size HxW like 512x1024, got {text!r}") from None
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
+        raise ConfigError(f"size must be positive, got {text!r}")
     return h, w
 
 
@@ -270,7 +270,7 @@ def split_key_values(items: list[str], option: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{option} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value
     return out
 
@@ -282,5 +282,5 @@ def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"{option} '{key}={value}': not a plain YAML value: {exc}") from None
+            raise ConfigError(f"{option} '{key}={value}': not a plain YAML value: {exc}") from None
     return out

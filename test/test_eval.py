@@ -153,13 +153,20 @@ def _args(bag, out, *extra):
     return parser.parse_args(["--bag", str(bag), "--out", str(out), "--no-progress", *extra])
 
 
+def _main(bag, out, *extra) -> int:
+    """``seg-perception eval`` through the command line's one error handler."""
+    from seg_perception import cli
+
+    return cli.main(["eval", "--bag", str(bag), "--out", str(out), "--no-progress", *extra])
+
+
 def test_missing_ground_truth_topic_names_it_and_lists_topics(bag, tmp_path, capsys):
     no_gt = tmp_path / "no_gt"
     with OutputBag(no_gt) as ob:
         ob.add_connection("/camera/image", "sensor_msgs/msg/Image")
         for topic, _, stamp, raw in read_bag_messages(bag, ["/camera/image"]):
             ob.write(topic, stamp, raw)
-    assert eval_cli.run(_args(no_gt, tmp_path / "o")) == 2
+    assert _main(no_gt, tmp_path / "o") == 2
     err = capsys.readouterr().err
     assert "/camera/gt/semantic" in err and "/camera/image (sensor_msgs/msg/Image)" in err
     assert "Traceback" not in err
@@ -171,8 +178,7 @@ def test_truncated_bag_fails_with_clear_error(bag, tmp_path, capsys):
     for f in bag.iterdir():
         data = f.read_bytes()
         (broken / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".mcap" else data)
-    args = _args(broken, tmp_path / "o", *[f"--set={k}={v}" for k, v in OVERRIDES.items()])
-    assert eval_cli.run(args) == 2
+    assert _main(broken, tmp_path / "o", *[f"--set={k}={v}" for k, v in OVERRIDES.items()]) == 2
     err = capsys.readouterr().err
     assert "seg-perception eval: error:" in err and str(broken) in err
 

@@ -377,6 +377,15 @@ def test_reload_of_the_model_alone_takes_its_shipped_weights(ros):
         assert "weights" in result.reason and "set_parameters_atomically" in result.reason
         assert not node.reloader.busy and node.pipeline.engine is current
         assert node.get_parameter("weights").value == ""
+
+        # model and weights changed together, as one request: accepted and built
+        result = node.set_parameters_atomically(
+            [Parameter("model", value="gun"), Parameter("weights", value=str(shipped["gun"]))]
+        )
+        assert result.successful, result.reason
+        _wait_reload_done(node, 120)
+        assert node.reloader.reloads == 2, node.semantic_health.reload_error
+        assert "gun" in node.pipeline.engine.name and node.cfg.weights == str(shipped["gun"])
     finally:
         _close(node)
 

@@ -400,3 +400,20 @@ def test_subprocess_missing_bag_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     line = _one_error_line(result.stderr, "--bag", missing)
     assert line.startswith("seg-perception eval: error:")
+
+
+def test_expected_failures_are_one_line_and_bugs_keep_their_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seg_perception.engines import EngineError
+    from seg_perception.eval.live import LiveEvalError
+
+    module = importlib.import_module(cli.COMMANDS["params"][0])
+    for expected in (EngineError("engine x: broken"), LiveEvalError("seg_node exited")):
+        monkeypatch.setattr(module, "run", lambda _args, e=expected: (_ for _ in ()).throw(e))
+        assert cli.main(["params"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"seg-perception params: error: {expected}\n"
+    monkeypatch.setattr(module, "run", lambda _args: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):  # not swallowed into a one-line message
+        cli.main(["params"])

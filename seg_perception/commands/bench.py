@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.cli_paths import OutputFile
-from seg_perception.config import parse_hw
+from seg_perception.config import ConfigError, parse_hw
 from seg_perception.machine import machine_header, machine_record
 
 NODE_STAGES = ("decode", "preprocess", "engine", "postprocess", "colorize", "publish")
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_fusion_bench(counts, frames=args.frames, height=h, width=w)
         print_fusion_table(result)
     else:  # pragma: no cover - argparse restricts the choices
-        raise ValueError(f"unknown benchmark {args.what!r}")
+        raise ConfigError(f"unknown benchmark {args.what!r}")
     if args.json:
         from seg_perception.atomic import write_text_atomic
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from seg_perception.cli_paths import OutputFile, existing_path_or
 from seg_perception.commands.engine_args import add_engine_arguments, spec_from_args
+from seg_perception.config import ConfigError
 from seg_perception.engines.spec import CALIB_FRAMES, default
 from seg_perception.machine import INT8_MODES
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["max_batch"] = args.max_batch
     spec, _note = spec_from_args(args, **overrides)
     if args.backend == "onnxruntime" and args.precision == "fp16" and not factory.tensorrt_ep(spec):
-        raise ValueError(
+        raise ConfigError(
             "--backend onnxruntime runs fp16 only through the TensorRT execution provider: "
             "list it (--set providers=tensorrt,cuda,cpu) or build fp32 or int8"
         )

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from seg_perception.cli_paths import ExistingFile, OutputDir
-from seg_perception.config import add_key_value_option, parse_hw, parse_key_values
+from seg_perception.config import ConfigError, add_key_value_option, parse_hw, parse_key_values
 from seg_perception.engines.spec import MODEL_KINDS, EngineSpec
 
 __all__ = ["add_engine_arguments", "spec_from_args"]
@@ -79,7 +79,7 @@ def spec_from_args(args: argparse.Namespace, **overrides: Any) -> tuple[EngineSp
     spec, note = panoptic_spec(cfg, labels) if panoptic else semantic_spec(cfg, labels)
     if args.random_weights:
         if args.weights:
-            raise ValueError("give --weights or --random-weights, not both")
+            raise ConfigError("give --weights or --random-weights, not both")
         overrides = {**overrides, "weights": None}
         note = "RANDOM WEIGHTS (--random-weights)"
     return spec.with_(**overrides) if overrides else spec, note

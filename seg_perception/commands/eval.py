@@ -72,14 +72,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from seg_perception.data.bag_io import BagError
     from seg_perception.eval.live import evaluate_live
 
-    try:  # as given: the node takes them as `-p key:=value`
-        overrides = split_key_values(args.set, "--set")
-    except ValueError as exc:
-        print(f"seg-perception eval: error: {exc}", file=sys.stderr)
-        return 2
+    overrides = split_key_values(args.set, "--set")  # as given: the node takes `-p key:=value`
     try:
         metrics = evaluate_live(
             args.bag,
@@ -96,9 +91,6 @@ def run_live(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("seg-perception eval --live: interrupted", file=sys.stderr)
         return 130
-    except (BagError, ValueError, OSError, RuntimeError, TimeoutError) as exc:
-        print(f"seg-perception eval --live: error: {exc}", file=sys.stderr)
-        return 2
     rt = metrics["realtime"]
     lat = rt["latency_ms"]
     line = (
@@ -115,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "live", False):
         return run_live(args)
     from seg_perception.config import load_config
-    from seg_perception.data.bag_io import BagError, bag_topics
-    from seg_perception.engines import EngineError
+    from seg_perception.data.bag_io import bag_topics
     from seg_perception.eval.evaluate import build_pipeline, evaluate_bag, resolve_topics
     from seg_perception.labels import load_label_table
 
@@ -146,9 +137,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"seg-perception eval: interrupted; partial report in {args.out}", file=sys.stderr)
         return 130
-    except (BagError, EngineError, ValueError, OSError) as exc:
-        print(f"seg-perception eval: error: {exc}", file=sys.stderr)
-        return 2
     sem = metrics["semantic"]
     line = f"frames {metrics['frames']['processed']}, mIoU {sem['miou']}"
     if "panoptic" in metrics:

@@ -38,7 +38,7 @@ from seg_perception.pipeline import (  # build_pipeline: re-exported
     Pipeline,
     build_pipeline,
 )
-from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
+from seg_perception.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 __all__ = [
     "CAMERA_TYPES", "COMPRESSED", "IMAGE", "NUM_SAMPLES", "Accumulators", "Topics",

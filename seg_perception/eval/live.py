@@ -24,6 +24,7 @@ import numpy as np
 from seg_perception.atomic import write_text_atomic
 from seg_perception.codec import image_from_ros, msg_to_rgb8, stamp_ns
 from seg_perception.data.bag_io import BagError, bag_topics, read_bag_messages
+from seg_perception.errors import SegError
 from seg_perception.eval.evaluate import (
     NUM_SAMPLES,
     Accumulators,
@@ -32,7 +33,7 @@ from seg_perception.eval.evaluate import (
     resolve_topics,
 )
 from seg_perception.ros.dds import large_image_transport
-from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
+from seg_perception.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 __all__ = ["evaluate_live", "semantic_by_stamp", "typed_overrides"]
 
@@ -44,6 +45,10 @@ DRAIN_TIMEOUT_S = 30.0  # after the last frame: wait this long at most for the n
 QUIET_S = 2.0  # ... and stop once no output arrived for this long
 PACE_TIMEOUT_S = 60.0  # paced play: send the next frame after this long without an answer
 
+
+
+class LiveEvalError(SegError, RuntimeError):
+    """The node under evaluation did not come up (exited, or not ready in time)."""
 
 def typed_overrides(overrides: dict[str, str]) -> dict[str, Any]:
     """String overrides (as ``-p key:=value`` takes them) -> YAML-typed values for load_config:
@@ -189,12 +194,14 @@ def evaluate_live(
         deadline = time.monotonic() + startup_timeout
         while not labels_seen.wait(0.2):  # the node latches its labels once its engine is up
             if proc.poll() is not None:
-                raise RuntimeError(
+                raise LiveEvalError(
                     f"seg_node exited with code {proc.returncode} before it was ready; "
                     f"{log_path}:\n" + log_path.read_text(errors="replace")[-2000:]
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"seg_node not ready after {startup_timeout:.0f} s ({log_path})")
+                raise LiveEvalError(
+                    f"seg_node not ready after {startup_timeout:.0f} s ({log_path})"
+                )
         from tqdm import tqdm
 
         def answered_last() -> None:  # the pacing gate

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seg_perception.ros.diagnostics import NodeStats
-from seg_perception.ros.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
+from seg_perception.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 # relative output topic -> the pipeline output it carries
 _OUTPUT_OF_TOPIC = {t: key for t, (key, _) in {**OUTPUT_TOPICS, **PANOPTIC_TOPICS}.items()}

@@ -45,8 +45,8 @@ from seg_perception.ros.diagnostics import EngineHealth, camera_status, diagnost
 from seg_perception.ros.params import declare_parameters
 from seg_perception.ros.pylog import forward_package_logging
 from seg_perception.ros.reload import EngineReloader
-from seg_perception.ros.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 from seg_perception.ros.worker import LatestWorker
+from seg_perception.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
