@@ -54,11 +54,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "list the node parameters with defaults and descriptions",
     ),
     "fuzz": (
-        "seg_perception.stress.fuzz",
+        "seg_perception.commands.fuzz",
         "malformed and good frames into a seg_node subprocess: crashes, answers, counted drops",
     ),
     "soak": (
-        "seg_perception.stress.soak",
+        "seg_perception.commands.soak",
         "synthetic camera streams into seg_node for minutes: RSS growth, latency, drops",
     ),
 }

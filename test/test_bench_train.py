@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tiny_recipe import tiny_recipe
 
-from seg_perception.train.bench_train import amp_overrides, bench_train, recipe_path
+from seg_perception.commands.bench_train import amp_overrides, bench_train, recipe_path
 
 
 def _recipe_file(tmp_path: Path) -> Path:

@@ -143,7 +143,7 @@ def test_calibration_from_bag_topic(tmp_path) -> None:
 
 # ------------------------------------------------------------------------------ bench helpers
 def test_bench_helpers() -> None:
-    from seg_perception.engines.bench_engines import latency_stats, miou, round_robin
+    from seg_perception.commands.bench_engines import latency_stats, miou, round_robin
 
     p50, p95 = latency_stats([0.001 * i for i in range(1, 21)])
     assert p50 == pytest.approx(10.5) and p95 == pytest.approx(19.05)

@@ -194,7 +194,7 @@ def test_info_ros_environment_names_rmw_and_dds_profile(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ benchmarks
 def test_benchmark_tables_name_their_machine(capsys: pytest.CaptureFixture[str]) -> None:
     from seg_perception.commands.bench import NODE_STAGES, print_node_table
-    from seg_perception.engines.bench_engines import print_table
+    from seg_perception.commands.bench_engines import print_table
     from seg_perception.eval.fusion_bench import print_fusion_table
 
     record = machine_record()

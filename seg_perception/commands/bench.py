@@ -1,10 +1,10 @@
 """``seg-perception bench <what>``: benchmarks that print tables (never asserted in tests).
 
 * ``engines``: every backend and precision for GUN, ShelfNet-18/50 against this machine's
-  measured conv ceiling (:mod:`seg_perception.engines.bench_engines`).
+  measured conv ceiling (:mod:`seg_perception.commands.bench_engines`).
 * ``train``: the trainer's step for each synthetic recipe: seconds per iteration, achieved
   GFLOP/s and its ratio to the conv ceiling measured in the same run
-  (:mod:`seg_perception.train.bench_train`).
+  (:mod:`seg_perception.commands.bench_train`).
 * ``fusion``: the fusion paper's heuristic vs the simple baseline at 1024x2048 on corrupted
   synthetic ground truth (:mod:`seg_perception.eval.fusion_bench`).
 * ``node``: per-frame cost of each node stage at camera 1024x2048 / network 512x1024, measured on
@@ -41,11 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_argument(
         "--json", default=None, action=OutputFile, help="also write the results as JSON here"
     )
-    from seg_perception.engines import bench_engines
+    from seg_perception.commands import bench_engines
 
     engines = sub.add_parser("engines", help="backends x precisions: latency, GFLOP/s, ceiling")
     bench_engines.add_arguments(engines)
-    from seg_perception.train import bench_train
+    from seg_perception.commands import bench_train
 
     train = sub.add_parser("train", help="training step per recipe: s/iteration, GFLOP/s, ceiling")
     bench_train.add_arguments(train)
@@ -124,11 +124,11 @@ def print_node_table(result: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "engines":
-        from seg_perception.engines import bench_engines
+        from seg_perception.commands import bench_engines
 
         return int(bench_engines.run(args) or 0)
     if args.what == "train":
-        from seg_perception.train import bench_train
+        from seg_perception.commands import bench_train
 
         return bench_train.run(args)
     if args.what == "node":
