@@ -3,6 +3,7 @@
 ros2 launch seg_perception seg.launch.py [params_file:=FILE] [namespace:=NS] [image_topic:=TOPIC]
     [model:=gun|shelfnet] [weights:=FILE] [engine_file:=FILE] [allow_random_weights:=true]
     [backend:=...] [precision:=...] [device:=...] [cameras:=front,left] [panoptic_enabled:=false]
+    [input_qos:=sensor_data|reliable] [input_queue_depth:=N]
     [use_sim_time:=true] [log_level:=debug] [rviz:=true]   (`ros2 launch -s` lists them all)
 
 The parameter file goes to the node as it is (sections keyed ``/**/seg_node:`` reach it under
@@ -39,6 +40,12 @@ OVERRIDES = {
     "engine_cache": ("engine_cache", "folder of exported ONNX files and built engines"),
     "threads": ("threads", "CPU threads for inference (0 = library default)"),
     "input_transport": ("input_transport", "raw (image) | compressed (image/compressed)"),
+    "input_qos": (
+        "input_qos",
+        "sensor_data (best effort, default) | reliable (for a reliable camera driver whose large "
+        "frames do not arrive over best effort)",
+    ),
+    "input_queue_depth": ("input_queue_depth", "history depth of the camera subscriptions"),
     "network_height": ("network_height", "real-time network input height (multiple of 32)"),
     "network_width": ("network_width", "real-time network input width (multiple of 32)"),
     "panoptic_enabled": ("panoptic.enabled", "true | false: run the panoptic ASP model"),

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "eval": (
         "seg_perception.commands.eval",
-        "offline evaluation of a ROS 2 bag: metrics, report, outputs bag",
+        "offline evaluation of a ROS 2 bag or a Cityscapes folder: metrics, report, exports",
     ),
     "export": ("seg_perception.commands.export", "export a network to ONNX, as the node runs it"),
     "models": ("seg_perception.commands.models", "list the networks: switches, parameters, GFLOPs"),

@@ -118,6 +118,21 @@ class DiagnosticsConfig:
         minimum=0.0,
         maximum=1.0,
     )
+    silent_input_s: float = _spec(
+        "WARN, and log once naming the publishers, the likely cause and the fix, when a "
+        "publisher has been matched on a camera's input topic for this many seconds and no "
+        "frame arrived (large samples lost by the publisher's DDS transport, typically); "
+        "0 = off.",
+        minimum=0.0,
+        maximum=3600.0,
+    )
+    lost_input_ratio: float = _spec(
+        "WARN, and log, when at least this fraction of the frames the camera's publishers sent in "
+        "a period never arrived (gaps in their publication sequence numbers); 1 = only when "
+        "every frame was lost.",
+        minimum=0.0,
+        maximum=1.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,21 @@ class SegConfig:
         "'raw' subscribes to 'image' (sensor_msgs/Image); 'compressed' to 'image/compressed' "
         "(sensor_msgs/CompressedImage).",
         choices=("raw", "compressed"),
+    )
+    input_qos: str = _spec(
+        "QoS of the camera subscriptions. 'sensor_data' (best effort, ROS's sensor-data "
+        "profile): matches every publisher and never slows a camera down, but a sample lost on "
+        "the way is gone; for cameras on this machine or a clean network. 'reliable': lost "
+        "fragments are sent again; for a camera driver that publishes reliable (the ROS "
+        "default) frames too large for its DDS transport, or a lossy network; it does not match "
+        "a best-effort publisher.",
+        choices=("sensor_data", "reliable"),
+    )
+    input_queue_depth: int = _spec(
+        "History depth (keep last N) of the camera subscriptions; the node takes only the newest "
+        "frame of each camera, so a small depth suffices.",
+        minimum=1,
+        maximum=1000,
     )
     network_height: int = _spec(
         "Network input height in pixels (multiple of 32).", minimum=32, maximum=4096

@@ -177,8 +177,8 @@ class PanopticQuality:
     when IoU > 0.5, where void pixels are left out of the union; unmatched ground-truth segments
     (not crowd) are false negatives; unmatched predicted segments are false positives unless more
     than half of them lies on void or on a crowd region of their class. Predicted pixels of a
-    class outside ``0..C-1``, and predicted thing pixels with instance 0 (the fusion's "semantic
-    class, no instance" for segments too small to be objects), form no segment: they claim no
+    class outside ``0..C-1``, and predicted thing pixels with instance 0 (a thing class with no
+    object: the fusion itself writes such pixels as void), form no segment: they claim no
     object, so they are no false positive, and they are not part of any matched segment.
     """
 

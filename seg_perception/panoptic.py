@@ -68,10 +68,13 @@ class PanopticResult:
     Attributes:
         semantic: ``(H, W)`` uint8 refined trainIds (255 = void).
         instance: ``(H, W)`` uint16, 0 = no instance, 1..N.
-        panoptic: ``(H, W)`` int32, ``trainId * 1000 + instance``.
-        segments: one dict per segment: ``id`` (panoptic value), ``train_id``, ``instance``,
-            ``is_thing``, ``area`` (pixels), ``score`` (detection score, ``None`` for segments
-            taken from the semantic map) and ``source`` (``"detection"`` or ``"semantic"``).
+        panoptic: ``(H, W)`` int32, ``trainId * 1000 + instance``; a thing pixel without an
+            instance (a foreground segment too small to be an object) is void,
+            ``IGNORE_ID * 1000``, while ``semantic`` keeps its class.
+        segments: one dict per segment, i.e. per id of ``panoptic`` except void: ``id``
+            (panoptic value), ``train_id``, ``instance``, ``is_thing``, ``area`` (pixels),
+            ``score`` (detection score, ``None`` for segments taken from the semantic map) and
+            ``source`` (``"detection"`` or ``"semantic"``).
     """
 
     semantic: np.ndarray

@@ -105,6 +105,8 @@ class Pipeline:
             ``semantic_ids`` out), or None for semantic output only.
         panoptic: score threshold and fusion settings of the panoptic path.
         clock: time source for stage timings (seconds).
+        tta: the test-time procedure the semantic engine runs (:data:`~seg_perception.choices.
+            TTA_MODES`; set by :func:`build_pipeline` for offline evaluation, ``none`` in the node).
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class Pipeline:
         panoptic_engine: Engine | None = None,
         panoptic: PanopticSettings | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        tta: str = "none",
     ) -> None:
         self.engine = engine
+        self.tta = tta
         self.labels = labels
         self.overlay_alpha = float(overlay_alpha)
         self.panoptic_engine = panoptic_engine
@@ -150,6 +154,7 @@ class Pipeline:
             panoptic_engine=self.panoptic_engine,
             panoptic=self.panoptic,
             clock=self._clock,
+            tta=self.tta,
         )
 
     def run(self, rgb: np.ndarray, want: Iterable[str] = ALL_OUTPUTS) -> FrameOutputs:
@@ -297,15 +302,17 @@ def build_pipeline(
     labels: LabelTable,
     *,
     on_note: Callable[[str, str], None] = lambda _model, _note: None,
+    tta: str = "none",
 ) -> Pipeline:
     """The pipeline of a configuration: the real-time engine, the ASP engine when
     ``panoptic.enabled``, and the fusion settings. The node and both evaluations build it here,
     so that they run the same computation. ``on_note(model, note)`` hears where each engine's
-    weights came from."""
+    weights came from. ``tta``: a test-time procedure of the papers for the real-time net
+    (``seg-perception eval --tta``; the node never sets it: real time)."""
     from seg_perception.engines import panoptic_spec, semantic_spec
     from seg_perception.engines.factory import build
 
-    spec, note = semantic_spec(cfg, labels, max_batch=len(cfg.camera_names()))
+    spec, note = semantic_spec(cfg, labels, max_batch=len(cfg.camera_names()), tta=tta)
     on_note(cfg.model, note)
     engine = build(spec)
     engine.warmup(cfg.warmup_frames)
@@ -327,4 +334,5 @@ def build_pipeline(
         overlay_alpha=cfg.overlay_alpha,
         panoptic_engine=panoptic_engine,
         panoptic=settings,
+        tta=tta,
     )

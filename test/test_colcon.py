@@ -19,6 +19,20 @@ from seg_perception.ros.bridge import loopback_env
 ROOT = Path(__file__).resolve().parent.parent
 COLCON = Path(sys.executable).with_name("colcon")
 SKIP = {".venv", ".git", ".cache", "demo_out", "build", "install", "log", "__pycache__"}
+# ignored top-level folders of GBs: virtual environments of other distributions (.venv-jazzy),
+# datasets, training runs and logs (never part of the package)
+SKIP_TOP = {"data", "runs", "logs"}
+
+
+def _not_copied(folder: str, names: list[str]) -> list[str]:
+    top = Path(folder) == ROOT
+    return [
+        n
+        for n in names
+        if n in SKIP
+        or n.endswith(".egg-info")
+        or (top and (n.startswith(".venv") or n in SKIP_TOP))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +41,7 @@ def workspace(tmp_path_factory):
     shutil.copytree(
         ROOT,
         ws / "src" / "seg_perception",
-        ignore=lambda d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")],
+        ignore=_not_copied,
     )
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run(

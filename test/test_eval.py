@@ -286,9 +286,9 @@ def test_cityscapes_export_matches_recorded_outputs(bag, evaluated):
         name = f"bag_000000_{i:06d}"
         pred = cv2.imread(str(root / f"pred/semantic/{name}_pred_labelIds.png"), -1)
         np.testing.assert_array_equal(CITYSCAPES.to_train_ids(pred), imgmsg_to_array(sem[stamp]))
-        gt = cv2.imread(str(root / f"gtFine/bag/{name}_gtFine_labelIds.png"), -1)
+        gt = cv2.imread(str(root / f"gtFine/val/bag/{name}_gtFine_labelIds.png"), -1)
         np.testing.assert_array_equal(CITYSCAPES.to_train_ids(gt), image_from_ros(gts[stamp]))
-        inst = cv2.imread(str(root / f"gtFine/bag/{name}_gtFine_instanceIds.png"), -1)
+        inst = cv2.imread(str(root / f"gtFine/val/bag/{name}_gtFine_instanceIds.png"), -1)
         assert inst.dtype == np.uint16 and inst.shape == (48, 96)
         panoptic = imgmsg_to_array(pan[stamp])
         for line in (root / f"pred/instance/{name}_pred.txt").read_text().splitlines():
@@ -300,3 +300,68 @@ def test_cityscapes_export_matches_recorded_outputs(bag, evaluated):
             assert 0.0 <= float(score) <= 1.0
             lines_total += 1
     assert lines_total > 0  # score threshold 0: random weights still detect things
+
+
+def test_cityscapes_export_panoptic_files_encode_the_recorded_panoptic(bag, evaluated):
+    """The COCO-panoptic prediction of every frame is the recorded panoptic output: each segment
+    is one panoptic value, of its class (as labelId); thing pixels without an instance and void
+    are 0; the ground-truth file has a segment for every frame."""
+    out, _ = evaluated
+    root = out / "cityscapes"
+    pan = _by_stamp(out / "outputs.mcap", "/camera/segmentation/panoptic")
+    pred = json.loads((root / "pred/panoptic/cityscapes_panoptic_val.json").read_text())
+    gt = json.loads((root / "gtFine/cityscapes_panoptic_val.json").read_text())
+    assert len(pred["annotations"]) == len(gt["annotations"]) == N
+    assert {c["id"] for c in gt["categories"]} == {int(i) for i in CITYSCAPES.train_to_label[:19]}
+    for ann, stamp in zip(pred["annotations"], sorted(pan), strict=True):
+        bgr = cv2.imread(str(root / "pred/panoptic/cityscapes_panoptic_val" / ann["file_name"]))
+        bgr = bgr.astype(np.int64)
+        ids = bgr[..., 2] + 256 * bgr[..., 1] + 65536 * bgr[..., 0]
+        panoptic = imgmsg_to_array(pan[stamp])
+        cls, k = panoptic // PANOPTIC_DIVISOR, panoptic % PANOPTIC_DIVISOR
+        thing = np.isin(cls, CITYSCAPES.thing_train_ids)
+        void = (cls >= 19) | (thing & (k == 0))
+        assert (ids[void] == 0).all() and (ids[~void] > 0).all()
+        segments = {s["id"]: s for s in ann["segments_info"]}
+        assert set(np.unique(ids[~void]).tolist()) == set(segments)
+        for sid, seg in segments.items():
+            values = np.unique(panoptic[ids == sid])
+            assert len(values) == 1 and seg["area"] == int((ids == sid).sum())
+            assert seg["category_id"] == CITYSCAPES.train_to_label[values[0] // PANOPTIC_DIVISOR]
+
+
+def test_cli_source_options(bag, tmp_path, capsys):
+    from seg_perception import cli
+
+    with pytest.raises(SystemExit) as exc:  # exactly one of --bag / --cityscapes-root
+        cli.main(["eval", "--bag", str(bag), "--cityscapes-root", str(tmp_path), "--out", "o"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--out", str(tmp_path / "o")])
+    assert "one of the arguments --bag --cityscapes-root is required" in capsys.readouterr().err
+    rc = cli.main(
+        ["eval", "--cityscapes-root", str(tmp_path), "--split", "val", "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and f"no image directory {tmp_path / 'leftImg8bit' / 'val'}" in err
+    rc = cli.main(["eval", "--live", "--cityscapes-root", str(tmp_path), "--out", "o"])
+    assert rc == 2 and "--live evaluates the running node on a bag" in capsys.readouterr().err
+    rc = _main(bag, tmp_path / "o", "--live", "--tta", "multistep")
+    assert rc == 2 and "neither --tta" in capsys.readouterr().err
+
+
+def test_cli_tta_runs_the_procedure_offline(bag, evaluated, tmp_path, capsys):
+    """``--tta multiscale-flip``: the real-time net's maps change (12 runs averaged), the
+    metrics and the report name the procedure; the node's pipeline stays without one."""
+    sets = {**OVERRIDES, "panoptic.enabled": False}
+    rc = _main(
+        bag, tmp_path, "--tta", "multiscale-flip", *[f"--set={k}={v}" for k, v in sets.items()]
+    )
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tta"] == "multiscale-flip" and evaluated[1]["tta"] == "none"
+    assert "test-time procedure **multiscale-flip**" in (tmp_path / "report.md").read_text()
+    with_tta = _by_stamp(tmp_path / "outputs.mcap", "/camera/segmentation/semantic")
+    plain = _by_stamp(evaluated[0] / "outputs.mcap", "/camera/segmentation/semantic")
+    assert any((imgmsg_to_array(with_tta[s]) != imgmsg_to_array(plain[s])).any() for s in plain)
+    assert build_pipeline(load_config(None, sets), CITYSCAPES).tta == "none"

@@ -363,6 +363,7 @@ def test_overrides_reach_the_node_over_the_file(launch_file, tmp_path):
         weights="/data/w/shelfnet.safetensors",
         use_sim_time="true",
         log_level="debug",
+        input_qos="reliable",
     )
     cmd = _seg_process(context)["cmd"]
     assert cmd[cmd.index("--log-level") + 1] == "debug"
@@ -375,6 +376,7 @@ def test_overrides_reach_the_node_over_the_file(launch_file, tmp_path):
     assert cfg.model == "shelfnet" and cfg.weights == "/data/w/shelfnet.safetensors"
     assert cfg.allow_random_weights is True and cfg.panoptic.enabled is False
     assert cfg.network_height == 256
+    assert cfg.input_qos == "reliable"
     assert cfg.threads == 3  # not overridden: the file's value
 
 

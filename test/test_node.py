@@ -22,6 +22,7 @@ from waiting import poll_until, wait_for, wait_matched
 from seg_perception.codec import array_to_imgmsg, imgmsg_to_array
 from seg_perception.labels import CITYSCAPES
 from seg_perception.ros.bridge import loopback_env, node_command
+from seg_perception.ros.compat import SpinThread
 from seg_perception.ros.node import OUTPUT_QOS, OUTPUT_TOPICS, SegNode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +64,7 @@ class Harness:
         self.executor = MultiThreadedExecutor(num_threads=2)
         for n in (self.node, *nodes):
             self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = SpinThread(self.executor)  # stop() is safe on Jazzy too
 
     def _keep(self, key):
         def callback(msg):
@@ -84,7 +84,7 @@ class Harness:
         wait_matched(self.pub, self.nodes, timeout)
 
     def close(self):
-        self.executor.shutdown()
+        self.spinner.stop()
         self.node.destroy_node()
 
 

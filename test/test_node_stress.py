@@ -22,6 +22,7 @@ from seg_perception.codec import array_to_imgmsg, imgmsg_to_array
 from seg_perception.labels import CITYSCAPES
 from seg_perception.pipeline import build_pipeline
 from seg_perception.ros.bridge import loopback_env, node_command
+from seg_perception.ros.compat import SpinThread
 from seg_perception.ros.diagnostics import camera_level
 from seg_perception.ros.node import OUTPUT_QOS, SegNode
 
@@ -73,8 +74,7 @@ class Listener:
         self.executor = MultiThreadedExecutor(num_threads=2)
         for n in (self.node, *nodes):
             self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = SpinThread(self.executor)  # stop() is safe on Jazzy too
 
     def _keep(self, topic):
         def cb(msg):
@@ -90,7 +90,7 @@ class Listener:
         return poll_until(predicate, timeout, cv=self.cv)
 
     def close(self):
-        self.executor.shutdown()
+        self.spinner.stop()
         self.node.destroy_node()
 
 
@@ -496,11 +496,11 @@ def test_two_cameras_async_panoptic_each_with_its_own_header(ros):
 
 
 def test_large_image_transport_profile(tmp_path):
-    from seg_perception.ros.dds import large_image_transport
+    from seg_perception.ros.dds import large_image_transport, profile_variable
 
     env = {}
     path = large_image_transport(env)
-    assert path and env["FASTDDS_DEFAULT_PROFILES_FILE"] == path
+    assert path and env[profile_variable()] == path  # the name the installed Fast DDS reads
     text = Path(path).read_text()
     assert "<segment_size>33554432</segment_size>" in text and "<type>SHM</type>" in text
     import xml.etree.ElementTree as ET

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import threading
 
 import pytest
 import rclpy
@@ -15,6 +14,7 @@ from waiting import wait_for
 from seg_perception.data.bag_io import read_bag_messages, write_synth_bag
 from seg_perception.data.synth import generate_frames
 from seg_perception.ros.bridge import loopback_env
+from seg_perception.ros.compat import SpinThread
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,7 @@ def test_play_publishes_every_message_once_in_order(bag):
         )
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
+    spinner = SpinThread(executor)
     try:
         cmd = [
             sys.executable,
@@ -67,7 +66,7 @@ def test_play_publishes_every_message_once_in_order(bag):
         stamps = [deserialize_message(r, Image).header.stamp.nanosec for r in got[topics[0]]]
         assert stamps == sorted(stamps) and len(set(stamps)) == 4
     finally:
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
 

@@ -38,6 +38,7 @@ __all__ = [
     "find_cityscapes_frames",
     "instance_targets",
     "read_cityscapes_frame",
+    "read_label_ids",
 ]
 
 ANNOTATIONS = ("gtFine", "gtCoarse")
@@ -115,6 +116,15 @@ def _read(path: Path, flags: int) -> np.ndarray:
     return arr
 
 
+def read_label_ids(path: Path) -> np.ndarray:
+    """A ``*_labelIds.png`` as it is stored: ``(H, W)`` uint8 labelIds (:class:`DataError` naming
+    the file when it cannot be decoded or is not one channel)."""
+    label_ids = _read(path, cv2.IMREAD_UNCHANGED)
+    if label_ids.ndim != 2:
+        raise DataError(f"{path}: labelIds must be one channel, got {label_ids.shape}")
+    return label_ids
+
+
 def read_cityscapes_frame(
     frame: CityscapesFrame, labels: LabelTable = CITYSCAPES
 ) -> dict[str, object]:
@@ -124,9 +134,7 @@ def read_cityscapes_frame(
     """
     bgr = _read(frame.image, cv2.IMREAD_COLOR)
     image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    label_ids = _read(frame.label_ids, cv2.IMREAD_UNCHANGED)
-    if label_ids.ndim != 2:
-        raise DataError(f"{frame.label_ids}: labelIds must be one channel, got {label_ids.shape}")
+    label_ids = read_label_ids(frame.label_ids)
     if label_ids.shape != image.shape[:2]:
         raise DataError(
             f"{frame.label_ids}: size {label_ids.shape} differs from the image {image.shape[:2]}"

@@ -21,9 +21,11 @@ def _artefact(value: str) -> str | None:
 
 
 def semantic_spec(
-    cfg: SegConfig, labels: LabelTable, *, max_batch: int = 1
+    cfg: SegConfig, labels: LabelTable, *, max_batch: int = 1, tta: str = "none"
 ) -> tuple[EngineSpec, str]:
-    """The configured real-time network's spec, and where its weights came from (for the log)."""
+    """The configured real-time network's spec, and where its weights came from (for the log).
+    ``tta``: a test-time procedure of the papers (offline evaluation; the node leaves it
+    ``none``)."""
     if cfg.engine_file:
         weights, note = None, f"ready artefact {resolve_path(cfg.engine_file)}"
     else:
@@ -46,6 +48,7 @@ def semantic_spec(
         max_batch=max_batch,
         cache_dir=cfg.engine_cache or None,
         device=cfg.device,
+        tta=tta,
     )
     return spec, note
 

@@ -130,10 +130,15 @@ def export_key(
     opset: int,
     torch_version: str,
     dynamic_batch: bool,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Key of an ONNX export: the weights' content hash (or ``None`` = seeded random init, which
-    depends on the torch version), the model and its switches, input size and class count."""
+    depends on the torch version), the model and its switches, input size and class count, and a
+    test-time procedure other than ``none`` (absent from the key otherwise, so that the keys of
+    plain exports stay as they were)."""
+    extra = {} if tta == "none" else {"tta": tta}
     return {
+        **extra,
         "format": EXPORT_FORMAT,
         "kind": kind,
         "model": model,

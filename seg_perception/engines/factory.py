@@ -86,8 +86,13 @@ def _export_module(spec: EngineSpec) -> Any:
 
         return PanopticExport(net.eval(), input_hw)
     from seg_perception.networks.export import SemanticExport
+    from seg_perception.networks.tta import with_tta
 
-    return SemanticExport(net.eval())
+    try:
+        net = with_tta(net.eval(), spec.tta)
+    except ValueError as exc:  # e.g. multistep on a net without a strided output
+        raise EngineError(f"engine {spec.label}: {exc}") from None
+    return SemanticExport(net)
 
 
 def ensure_onnx(spec: EngineSpec) -> Path:
@@ -112,6 +117,7 @@ def ensure_onnx(spec: EngineSpec) -> Path:
         opset=OPSET,
         torch_version=torch.__version__,
         dynamic_batch=dynamic,
+        tta=spec.tta,
     )
     h, w = input_hw
     path = cache_dir / "onnx" / f"{model}-{h}x{w}-{key_digest(key, 16)}.onnx"
@@ -121,6 +127,13 @@ def ensure_onnx(spec: EngineSpec) -> Path:
         return path
     log.info("exporting %s to ONNX (first start with these weights; cached): %s", model, reason)
     module = _export_module(spec)
+    from seg_perception.networks.relation import DeformConv2d
+
+    if any(isinstance(m, DeformConv2d) for m in module.modules()):
+        raise EngineError(
+            f"engine {spec.label}: the network has deformable convolutions (switch deformable), "
+            "which export to no ONNX opset this package uses; run it with backend torch"
+        )
     if kind == "panoptic":
         from seg_perception.networks.panoptic_export import export_panoptic_onnx
 

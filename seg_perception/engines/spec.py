@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg_perception.choices import BACKENDS, MODEL_KINDS, PRECISIONS
+from seg_perception.choices import BACKENDS, MODEL_KINDS, PRECISIONS, TTA_MODES
 from seg_perception.engines.base import SEMANTIC_OUTPUTS, EngineError
 from seg_perception.machine import INT8_MODES
 
@@ -125,6 +125,8 @@ class EngineSpec:
         int8_mode: onnxruntime int8: ``auto`` (follow this CPU) or one of ``INT8_MODES``.
         workspace_gib: TensorRT builder workspace.
         cache_dir: exports and engines (``None``: :func:`~.cache.default_cache_dir`).
+        tta: a test-time procedure of the papers wrapped around a semantic net
+            (:mod:`seg_perception.networks.tta`; offline evaluation only, never the node).
         name: a label for logs and tables (default ``model/backend/precision``).
     """
 
@@ -147,6 +149,7 @@ class EngineSpec:
     int8_mode: str = "auto"
     workspace_gib: float = 4.0
     cache_dir: Path | None = None
+    tta: str = "none"
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +194,14 @@ class EngineSpec:
             raise EngineError(f"weights file {self.weights} not found")
         if self.artefact is not None:
             self._check_artefact_backend(self.artefact)
+        if self.tta not in TTA_MODES:
+            raise EngineError(f"test-time procedure {self.tta!r}; valid: {', '.join(TTA_MODES)}")
+        if self.tta != "none" and (self.kind != "semantic" or self.artefact is not None):
+            what = "a ready artefact" if self.artefact is not None else f"model {self.model}"
+            raise EngineError(
+                f"engine {self.label}: test-time procedure {self.tta} wraps a semantic network "
+                f"built from weights, not {what}"
+            )
 
     def _check_artefact_backend(self, path: Path) -> None:
         if self.backend == "torch":

@@ -147,10 +147,17 @@ def write_report(out: Path, metrics: dict[str, Any], acc: Any) -> list[Path]:
 
     fr = metrics["frames"]
     title = "Live evaluation" if "realtime" in metrics else "Offline evaluation"
+    if "topics" in metrics:
+        where = f"Camera `{metrics['topics']['camera']}`"
+    else:
+        src = metrics.get("source", {})
+        where = f"Cityscapes folder `{src.get('cityscapes_root')}`, split `{src.get('split')}`"
+    if metrics.get("tta", "none") != "none":
+        where += f", test-time procedure **{metrics['tta']}**"
     lines = [
         f"# {title}",
         "",
-        f"Camera `{metrics['topics']['camera']}`; frames processed {fr['processed']}, "
+        f"{where}; frames processed {fr['processed']}, "
         f"scored {fr['scored']}, without ground truth {fr['without_gt']}"
         + (" (**interrupted**: partial results)" if fr["interrupted"] else ""),
         "",
@@ -160,6 +167,13 @@ def write_report(out: Path, metrics: dict[str, Any], acc: Any) -> list[Path]:
         f"| mean category IoU | {_fmt(sem.get('mean_category_iou'))} |",
         f"| pixel accuracy | {_fmt(sem['pixel_accuracy'])} |",
     ]
+    if "instance_iou" in metrics:  # Cityscapes' instance-weighted IoU
+        ii = metrics["instance_iou"]
+        lines.append(f"| iIoU (classes) | {_fmt(ii['iiou'])} |")
+        lines.append(f"| iIoU (categories) | {_fmt(ii['mean_category_iiou'])} |")
+    if "mask_ap" in metrics:
+        ap = metrics["mask_ap"]
+        lines.append(f"| mask AP / AP50 (thing segments) | {_fmt(ap['ap'])} / {_fmt(ap['ap50'])} |")
     if "panoptic" in metrics:
         for group in ("all", "things", "stuff"):
             g = metrics["panoptic"][group]

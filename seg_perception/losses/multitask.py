@@ -1,8 +1,10 @@
 """Loss compositions used by the trainer.
 
 - :class:`SegmentationLoss`: classification loss (cross-entropy or OHEM, RelationNet eq. 3) on
-  the main output, deep supervision on auxiliary outputs (ShelfNet's per-level heads) and the
-  spatial correlation loss (eq. 2: ``L = L_ohem + lambda * L_scl``).
+  the main output, deep supervision on auxiliary outputs (the per-level heads that ShelfNet's
+  ``deep_supervision`` switch builds -- our addition: the ShelfNet paper names no auxiliary loss,
+  see :mod:`seg_perception.networks.shelfnet`) and the spatial correlation loss (eq. 2:
+  ``L = L_ohem + lambda * L_scl``).
 - :func:`asp_multitask_loss`: the panoptic ASP model's ``L = L_box + L_cls + L_mask + L_segm``.
 """
 
@@ -25,8 +27,11 @@ __all__ = [
     "deep_supervision_loss",
 ]
 
-# ShelfNet names deep supervision (one head per level) but prints no weight for the auxiliary
-# heads; 0.4 is the auxiliary-loss weight of PSPNet's deep supervision, the usual reference.
+# Deep supervision is NOT in the ShelfNet paper (it names no auxiliary loss): it is our addition,
+# switched by ShelfNet's ``deep_supervision`` (recipe ``model.switches.deep_supervision``). The
+# authors' released code trains extra heads (the real-time ShelfNet18 sums three heads' losses with
+# weight 1, the PyTorch-Encoding code adds an auxiliary FCN head at 0.5); the 0.4 here is the
+# auxiliary-loss weight of PSPNet's deep supervision.
 DEFAULT_AUX_WEIGHT = 0.4
 
 # The paper's four terms in torchvision's names: the box loss of both stages (RPN anchors and
@@ -90,7 +95,8 @@ class SegmentationLoss(nn.Module):
     ``loss_aux<i>``, ``loss_scl``) and their sum ``loss``.
 
     - ``output``: logits ``(N, K, H, W)`` or a training dict ``{"out": logits, "aux": [...]}``
-      (ShelfNet's deep supervision); ``target`` ``(N, H, W)`` trainIds, 255 ignored.
+      (ShelfNet with ``deep_supervision``, our addition); ``target`` ``(N, H, W)`` trainIds, 255
+      ignored.
     - ``features``: the map the classifier sees ``(N, C, h, w)``, needed when SCL is on.
     - ``ohem`` / ``scl_enabled`` can be switched between training stages (alternating training:
       stage 2 runs "with coarse data but not with SCL").

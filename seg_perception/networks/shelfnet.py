@@ -16,8 +16,20 @@ at every level, except that an encoder column starts its lowest level D from its
 this is the reading under which the paper's count holds ("for a multi-path network with the same
 spatial levels, the total number of FCN paths is 29" -- see ``count_fcn_paths`` in the tests).
 Every node is one residual block: the shared-weights block of Sec. 3.3 (default) or a plain one.
-Each level of the last decoder column has a 1x1 classifier; all four are used for deep supervision
-in training, only the top (stride 4) one at inference.
+The top (stride 4) level of the last decoder column has the 1x1 classifier used at inference.
+
+Switches beyond the paper (each says where it comes from):
+
+- ``deep_supervision`` (default on): a 1x1 classifier on levels B, C and D too, whose logits the
+  training loss adds (``loss.aux_weight``). NOT in the ShelfNet paper, which names no auxiliary
+  loss: our addition. The authors' released code does train with extra heads (the real-time
+  ShelfNet18 sums the losses of three output heads, the PyTorch-Encoding code adds an auxiliary
+  FCN head) and PSPNet's deep supervision gives the 0.4 weight; ``False`` is the paper's net.
+- ``deformable``: the second 3x3 conv of every block of the last ResNet stage (``layer4``) a
+  deformable convolution -- RelationNet's backbone (Sec. II-A1: "The second convolutions in Block
+  6, 7 are replaced with deformable convolution"; Blocks 6-7 close its ResNet-38, ``layer4`` is the
+  last stage of a torchvision ResNet); the RelationNet recipe turns it on. No ONNX export (ONNX
+  has DeformConv only from opset 19, which torchvision's exporter does not map): backend torch.
 """
 
 from __future__ import annotations
@@ -31,7 +43,11 @@ from torchvision import models
 
 from seg_perception.networks.export import load_weights, read_state_dict
 from seg_perception.networks.layers import ConvBNReLU
-from seg_perception.networks.relation import RelationModule, upsample_stride_aligned
+from seg_perception.networks.relation import (
+    RelationModule,
+    make_stage_deformable,
+    upsample_stride_aligned,
+)
 from seg_perception.networks.resnet import build_resnet
 
 __all__ = [
@@ -209,8 +225,9 @@ class ShelfNet(nn.Module):
     - ``forward(x)``, ``x`` ImageNet-normalised ``(N, 3, H, W)`` (any size; padded internally to a
       multiple of 32 and cropped back). Eval: logits ``(N, num_classes, H, W)`` from the top head.
       Training: ``{"out": top logits (N, K, H, W), "aux": [logits (N, K, H, W) of levels B, C, D]
-      (deep supervision, stride 8/16/32 heads upsampled), "features": (N, C_f, ceil(H/4),
-      ceil(W/4)) the map fed to the top classifier (for a similarity subnet / SCL)}``.
+      (``deep_supervision``: stride 8/16/32 heads upsampled; ``[]`` without), "features": (N,
+      C_f, ceil(H/4), ceil(W/4)) the map fed to the top classifier (for a similarity subnet /
+      SCL)}``.
     - ``forward_lowres(x)``: top logits at stride 4, ``(N, K, ceil(H/4), ceil(W/4))``.
     - ``forward_ids(x)``: ``(ids uint8 (N, H, W), confidence float32 (N, H, W))``; the upsampling
       is bilinear, so the argmax is taken after upsampling the logits; confidence = max softmax.
@@ -230,6 +247,7 @@ class ShelfNet(nn.Module):
         column_pairs: int = 1,
         block: BlockFactory,
         relation: bool = False,
+        deep_supervision: bool = True,
     ) -> None:
         super().__init__()
         ch = tuple(reduced_channels)
@@ -240,9 +258,11 @@ class ShelfNet(nn.Module):
         self.pairs = nn.ModuleList(ShelfPair(ch, block) for _ in range(column_pairs))
         self.relation = RelationModule(ch[0], ch[0] // 2) if relation else None
         top_in = self.relation.out_channels if self.relation is not None else ch[0]
+        # heads[0] is the top (stride 4) classifier, used at inference; heads[1:] the levels B-D
+        # of deep supervision (our addition, see the module docstring)
         self.heads = nn.ModuleList(
-            nn.Conv2d(c, num_classes, 1) for c in (top_in, *ch[1:])
-        )  # heads[0] is the top (stride 4) classifier, used at inference
+            nn.Conv2d(c, num_classes, 1) for c in (top_in, *(ch[1:] if deep_supervision else ()))
+        )
 
     def _columns(self, x: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
         """Pad to a multiple of 32, run columns 0..last; levels A..D of the last column."""
@@ -270,9 +290,11 @@ class ShelfNet(nn.Module):
         out = upsample_stride_aligned(top, 4, size)
         if not self.training:
             return out
+        # levels B-D with deep supervision; none without (only the top head is built)
+        heads = list(self.heads[1:])
         aux = [
             upsample_stride_aligned(head(c), 4 * 2**i, size)
-            for i, (head, c) in enumerate(zip(self.heads[1:], cols[1:], strict=True), start=1)
+            for i, (head, c) in enumerate(zip(heads, cols[1 : 1 + len(heads)], strict=True), 1)
         ]
         return {"out": out, "aux": aux, "features": feats}
 
@@ -317,6 +339,8 @@ def build_shelfnet(
     dropout: float = DEFAULT_DROPOUT,
     weights: str | None = None,
     relation: bool = False,
+    deep_supervision: bool = True,
+    deformable: bool = False,
 ) -> ShelfNet:
     """Build a :class:`ShelfNet` (no downloads; weights only from the given files).
 
@@ -337,6 +361,10 @@ def build_shelfnet(
         dropout: dropout rate inside the shared-weights block.
         weights: full ShelfNet state dict, loaded last and strictly (``export.load_weights``).
         relation: insert a :class:`RelationModule` before the top classifier.
+        deep_supervision: classifiers on levels B-D for the training loss (our addition, not the
+            paper's; see the module docstring). Inference uses the top classifier either way.
+        deformable: RelationNet's deformable ``layer4`` (see the module docstring); built after
+            ``backbone_weights`` are loaded (the offsets start at zero: the same function).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
@@ -361,6 +389,8 @@ def build_shelfnet(
     resnet = build_resnet(depth=BACKBONES[backbone], width=backbone_width)
     if backbone_weights is not None:
         _load_backbone(resnet, backbone_weights)
+    if deformable:
+        make_stage_deformable(resnet.layer4)
 
     block_cls = BLOCKS[block]
     net = ShelfNet(
@@ -370,6 +400,7 @@ def build_shelfnet(
         column_pairs=column_pairs,
         block=lambda c: block_cls(c, dropout=dropout),
         relation=relation,
+        deep_supervision=deep_supervision,
     )
     if weights is not None:
         load_weights(net, weights)

@@ -27,6 +27,9 @@ class Camera:
     pubs: dict[str, Any]  # relative output topic (without the camera prefix) -> publisher
     stats: NodeStats = field(default_factory=NodeStats)
     frame_index: int = 0  # frames processed, for panoptic.every_n
+    subscription: Any = None  # the input subscription
+    silence_reported: bool = False  # a matched publisher is silent, and that was logged
+    loss_reported: bool = False  # frames are lost in transport, and that was logged
 
     @property
     def label(self) -> str:

@@ -3,7 +3,9 @@
 Levels are judged per diagnostics period (the counts since the previous message), so a status
 returns to OK once the condition is gone: ERROR on engine errors or a drop ratio at or above
 ``error_drop_ratio``; WARN on a drop ratio at or above ``warn_drop_ratio``, bad input, an output
-rate below ``min_rate_ratio`` x the expected rate, or a p95 frame age above the deadline.
+rate below ``min_rate_ratio`` x the expected rate, a p95 frame age above the deadline, a matched
+publisher from which no frame arrived for ``silent_input_s``, or at least ``lost_input_ratio`` of
+the frames the publishers sent lost on the way (gaps in their publication sequence numbers).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 from seg_perception.config import DiagnosticsConfig
+from seg_perception.ros.dds import README_SECTION, PublisherInfo
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 _COUNTERS = (
@@ -29,6 +33,7 @@ _COUNTERS = (
     "skipped_no_subscribers",
     "panoptic_frames",
     "engine_errors",
+    "lost_in_transport",
 )
 
 
@@ -44,7 +49,11 @@ class NodeStats:
     skipped_no_subscribers: int = 0
     panoptic_frames: int = 0
     engine_errors: int = 0
+    lost_in_transport: int = 0  # frames publishers sent that never arrived (sequence gaps)
     last_error: str = ""
+    last_frame_t: float | None = None  # monotonic time of the last frame received
+    matched_since: float | None = None  # since when publishers are matched (None: none is)
+    matched_publishers: int = 0
     bad_reasons: Counter = field(default_factory=Counter)
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))  # in node
     age_ms: deque = field(default_factory=lambda: deque(maxlen=200))  # stamp -> published
@@ -52,10 +61,46 @@ class NodeStats:
     stamps: deque = field(default_factory=lambda: deque(maxlen=200))
     lock: threading.Lock = field(default_factory=threading.Lock)
     _mark: dict = field(default_factory=dict)  # counters at the previous window()
+    _last_seq: dict = field(default_factory=dict)  # publisher -> its last sequence number
 
     @property
     def bad_total(self) -> int:
         return sum(self.bad_reasons.values())
+
+    def received_from(self, publisher: Hashable, seq: int | None, now: float | None = None) -> None:
+        """A frame arrived from ``publisher`` (any key that tells publishers apart) with its
+        publication sequence number ``seq`` (None: the RMW did not say); a gap since that
+        publisher's previous frame counts as frames lost in transport."""
+        with self.lock:
+            self.received += 1
+            self.last_frame_t = time.monotonic() if now is None else now
+            if not seq or seq < 0:
+                return
+            last = self._last_seq.get(publisher)
+            self._last_seq[publisher] = seq
+            if last is not None and seq > last + 1:
+                self.lost_in_transport += seq - last - 1
+
+    def matched(self, count: int, now: float | None = None) -> None:
+        """The number of publishers matched on the input topic now (polled)."""
+        with self.lock:
+            self.matched_publishers = count
+            if count <= 0:
+                self.matched_since = None
+            elif self.matched_since is None:
+                self.matched_since = time.monotonic() if now is None else now
+
+    def silent_s(self, now: float | None = None) -> float:
+        """Seconds for which publishers have been matched and no frame arrived (0 when none is
+        matched)."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            if self.matched_since is None:
+                return 0.0
+            since = self.matched_since
+            if self.last_frame_t is not None:
+                since = max(since, self.last_frame_t)
+            return max(0.0, now - since)
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -124,6 +169,8 @@ class NodeStats:
                 "skipped_no_subscribers": self.skipped_no_subscribers,
                 "panoptic_frames": self.panoptic_frames,
                 "engine_errors": self.engine_errors,
+                "frames_lost_in_transport": self.lost_in_transport,
+                "publishers_matched": self.matched_publishers,
                 "output_rate_hz": f"{rate:.2f}",
                 "latency_p50_ms": f"{np.percentile(lat, 50):.1f}",
                 "latency_p95_ms": f"{np.percentile(lat, 95):.1f}",
@@ -142,8 +189,10 @@ def camera_level(
     thresholds: DiagnosticsConfig,
     age_p95_ms: float | None = None,
     deadline_ms: float = 0.0,
+    silent_s: float = 0.0,
 ) -> tuple[int, str]:
-    """Level and message of one camera from the counts of one period (pure)."""
+    """Level and message of one camera from the counts of one period and the seconds for which
+    a matched publisher has sent nothing that arrived (pure)."""
     seconds = max(window["seconds"], 1e-9)
     received = window["received"]
     dropped = window["dropped_stale"] + window["dropped_deadline"] + window["bad"]
@@ -155,6 +204,16 @@ def camera_level(
     if received and drop_ratio >= thresholds.error_drop_ratio:
         return ERROR, f"dropped {drop_ratio:.0%} of frames"
     problems = []
+    if thresholds.silent_input_s > 0 and silent_s >= thresholds.silent_input_s:
+        problems.append(
+            f"no frame for {silent_s:.0f} s from a matched publisher: frames lost in transport? "
+            f"(too large for its DDS transport; {README_SECTION})"
+        )
+    if lost_in_transport(window, thresholds):
+        lost = int(window["lost_in_transport"])
+        problems.append(
+            f"{lost} of {lost + int(received)} frames sent never arrived ({README_SECTION})"
+        )
     if received and drop_ratio >= thresholds.warn_drop_ratio:
         problems.append(f"dropped {drop_ratio:.0%} of frames")
     if window["bad"]:
@@ -168,6 +227,12 @@ def camera_level(
     if problems:
         return WARN, "; ".join(problems)
     return OK, "ok" if received else "no frames"
+
+
+def lost_in_transport(window: dict[str, float], thresholds: DiagnosticsConfig) -> bool:
+    """At least ``lost_input_ratio`` of the frames sent in the period never arrived."""
+    lost = window.get("lost_in_transport", 0)
+    return lost > 0 and lost >= thresholds.lost_input_ratio * (lost + window["received"])
 
 
 FAILED_AFTER = 10  # consecutive failed calls that mark an engine "failed" (until one succeeds)
@@ -248,16 +313,24 @@ def camera_status(
     deadline_ms: float,
     input_topic: str,
     engine_name: str,
+    window: dict[str, float] | None = None,
+    silent_s: float = 0.0,
+    publishers: Sequence[PublisherInfo] = (),
 ) -> DiagnosticStatus:
-    """The status of one camera over the period since its previous status."""
-    window = stats.window()
+    """The status of one camera over the period since its previous status (``window``: that
+    period's counts, taken here when not given); ``publishers`` are named in its values."""
+    window = stats.window() if window is None else window
     values = stats.snapshot()
     age = stats.age_p95_ms()
     if age is not None:
         values["age_p95_ms"] = f"{age:.1f}"
     level, message = camera_level(
-        window, thresholds=thresholds, age_p95_ms=age, deadline_ms=deadline_ms
+        window, thresholds=thresholds, age_p95_ms=age, deadline_ms=deadline_ms, silent_s=silent_s
     )
+    if silent_s:
+        values["silent_s"] = f"{silent_s:.1f}"
+    if publishers:
+        values["publishers"] = "; ".join(p.describe() for p in publishers)
     values.update(camera=camera, input_topic=input_topic, engine=engine_name)
     return DiagnosticStatus(
         level=level,

@@ -1,12 +1,19 @@
 """``seg_node``: camera images in, segmentation images out, for one or several cameras.
 
 A thin adapter in the ros2/examples style: messages -> arrays -> :class:`Pipeline` -> arrays ->
-messages. Every output carries its input's header and resolution. Input uses sensor-data QoS and a
-latest-frame policy per camera: the subscription callback checks the message's fields (bad frames
-are counted there, so they never displace a good one) and parks it in the camera's one-slot
-mailbox; a worker thread takes the newest frame of every camera when it is free and runs them
-through the engine as one batch, so a slow engine never builds a queue. Replaced frames and frames
-older than ``max_frame_age_ms`` are counted as dropped.
+messages. Every output carries its input's header and resolution. Input uses the ``input_qos``
+parameter (sensor-data best effort by default, or reliable) and a latest-frame policy per camera:
+the subscription callback checks the message's fields (bad frames are counted there, so they never
+displace a good one) and parks it in the camera's one-slot mailbox; a worker thread takes the
+newest frame of every camera when it is free and runs them through the engine as one batch, so a
+slow engine never builds a queue. Replaced frames and frames older than ``max_frame_age_ms`` are
+counted as dropped.
+
+Each diagnostics period also watches what reaches the input topics: a publisher matched for
+``diagnostics.silent_input_s`` with no frame arriving, or gaps in the publishers' sequence numbers
+(frames sent that never arrived), put the camera at WARN and are logged once per episode, naming
+the topic, the publishers, the likely cause (samples too large for the publisher's DDS transport)
+and the fix.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -40,8 +47,14 @@ from seg_perception.pipeline import (
     build_pipeline,
 )
 from seg_perception.ros.camera import Camera, camera_topic
-from seg_perception.ros.dds import large_image_transport
-from seg_perception.ros.diagnostics import EngineHealth, camera_status, diagnostic_array
+from seg_perception.ros.compat import distro, input_qos, message_source, publishers_of
+from seg_perception.ros.dds import large_image_transport, lost_input_advice, silent_input_advice
+from seg_perception.ros.diagnostics import (
+    EngineHealth,
+    camera_status,
+    diagnostic_array,
+    lost_in_transport,
+)
 from seg_perception.ros.params import declare_parameters
 from seg_perception.ros.pylog import forward_package_logging
 from seg_perception.ros.reload import EngineReloader
@@ -97,6 +110,7 @@ class SegNode(Node):
         msg_type: type = CompressedImage if compressed else Image
         out_topics = {**OUTPUT_TOPICS, **(PANOPTIC_TOPICS if pan.enabled else {})}
         self.cameras: dict[str, Camera] = {}
+        in_qos = input_qos(self.cfg.input_qos, self.cfg.input_queue_depth)
         for name in self.cfg.camera_names():
             pubs = {
                 t: self.create_publisher(Image, camera_topic(name, t), OUTPUT_QOS)
@@ -106,8 +120,8 @@ class SegNode(Node):
                 name, camera_topic(name, "image/compressed" if compressed else "image"), pubs
             )
             self.cameras[name] = cam
-            self.create_subscription(
-                msg_type, cam.input_topic, self._on_image_of(cam), qos_profile_sensor_data
+            cam.subscription = self.create_subscription(
+                msg_type, cam.input_topic, self._on_image_of(cam), in_qos
             )
         self._labels_pub = self.create_publisher(String, LABELS_TOPIC, LATCHED_QOS)
         self._labels_pub.publish(String(data=self.labels.to_json()))
@@ -142,7 +156,9 @@ class SegNode(Node):
         topics = ", ".join(self.resolve_topic_name(c.input_topic) for c in self.cameras.values())
         self.get_logger().info(
             f"{self.cfg.model} on {self.cfg.backend}/{self.cfg.device} at "
-            f"{self.cfg.network_height}x{self.cfg.network_width}; listening on {topics}"
+            f"{self.cfg.network_height}x{self.cfg.network_width}; listening on {topics} "
+            f"(input_qos {self.cfg.input_qos}, depth {self.cfg.input_queue_depth}); "
+            f"ROS 2 {distro()}"
         )
 
     def log_note(self, model: str, note: str) -> None:
@@ -165,8 +181,11 @@ class SegNode(Node):
         return next(iter(self.cameras.values())).stats
 
     def _on_image_of(self, cam: Camera):
-        def on_image(msg: Image | CompressedImage) -> None:
-            cam.stats.count("received")
+        def on_image(msg: Image | CompressedImage, info: Any) -> None:  # with message info
+            gid, seq = message_source(info)
+            if gid is None and seq is not None and cam.stats.matched_publishers != 1:
+                seq = None  # no GID (Jazzy): sequence numbers of several publishers interleave
+            cam.stats.received_from(gid, seq)
             try:  # field checks here: a bad frame never replaces a good one in the mailbox
                 check_image_fields(msg, self.cfg.max_pixels)
             except ImageDecodeError as exc:
@@ -371,22 +390,60 @@ class SegNode(Node):
     def diagnostic_statuses(self) -> list:
         """The statuses of the period since the previous call (one per camera and engine)."""
         node = self.get_fully_qualified_name()
-        statuses = [
-            camera_status(
-                node,
-                cam.name,
-                cam.stats,
-                thresholds=self.cfg.diagnostics,
-                deadline_ms=self.cfg.max_frame_age_ms,
-                input_topic=self.resolve_topic_name(cam.input_topic),
-                engine_name=self.semantic_health.name,
-            )
-            for cam in self.cameras.values()
-        ]
+        statuses = [self._camera_status(node, cam) for cam in self.cameras.values()]
         statuses.append(self.semantic_health.status(node))
         if self.panoptic_health is not None:
             statuses.append(self.panoptic_health.status(node))
         return statuses
+
+    def _camera_status(self, node: str, cam: Camera):
+        """One camera's status; logs, once per episode, a matched publisher whose frames do not
+        arrive (silent for ``diagnostics.silent_input_s``, or losing frames on the way)."""
+        stats, limits = cam.stats, self.cfg.diagnostics
+        stats.matched(cam.subscription.get_publisher_count())
+        topic = self.resolve_topic_name(cam.input_topic)
+        window = stats.window()
+        silent = stats.silent_s()
+        is_silent = limits.silent_input_s > 0 and silent >= limits.silent_input_s
+        losing = lost_in_transport(window, limits)
+        publishers = publishers_of(self, topic) if is_silent or losing else []
+        if is_silent and not cam.silence_reported:
+            self.get_logger().warning(
+                f"camera {cam.label}: "
+                + silent_input_advice(
+                    topic, publishers, seconds=silent, input_qos=self.cfg.input_qos
+                )
+            )
+        elif cam.silence_reported and not is_silent and window["received"]:
+            self.get_logger().info(f"camera {cam.label}: frames arrive on {topic} again")
+        cam.silence_reported = is_silent
+        if losing and not cam.loss_reported:
+            lost = int(window["lost_in_transport"])
+            self.get_logger().warning(
+                f"camera {cam.label}: "
+                + lost_input_advice(
+                    topic,
+                    publishers,
+                    lost=lost,
+                    sent=lost + int(window["received"]),
+                    input_qos=self.cfg.input_qos,
+                )
+            )
+            cam.loss_reported = True
+        elif cam.loss_reported and not losing and window["received"]:
+            cam.loss_reported = False  # a period with frames and (almost) no loss ends it
+        return camera_status(
+            node,
+            cam.name,
+            stats,
+            thresholds=limits,
+            deadline_ms=self.cfg.max_frame_age_ms,
+            input_topic=topic,
+            engine_name=self.semantic_health.name,
+            window=window,
+            silent_s=silent,
+            publishers=publishers,
+        )
 
     def shutdown(self) -> None:
         """Stop the worker threads and release the engines (an engine still inside a call of a

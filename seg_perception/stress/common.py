@@ -164,21 +164,18 @@ class RosClient:
         from rclpy.executors import SingleThreadedExecutor
 
         from seg_perception.ros.bridge import loopback_env
+        from seg_perception.ros.compat import SpinThread
 
         os.environ.update(loopback_env())  # this process talks DDS on this machine only
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context)
         self.pub = rclpy.create_node(f"{name}_pub", context=self.context)
         self.sub = rclpy.create_node(f"{name}_sub", context=self.context)
-        self._executors = []
-        self._threads = []
+        self._spinners = []
         for node in (self.pub, self.sub):
             ex = SingleThreadedExecutor(context=self.context)
             ex.add_node(node)
-            th = threading.Thread(target=ex.spin, daemon=True, name=f"{node.get_name()}_spin")
-            th.start()
-            self._executors.append(ex)
-            self._threads.append(th)
+            self._spinners.append(SpinThread(ex, name=f"{node.get_name()}_spin"))
 
     def now_stamp(self) -> Any:
         return self.pub.get_clock().now().to_msg()
@@ -186,10 +183,8 @@ class RosClient:
     def close(self) -> None:
         import rclpy
 
-        for ex in self._executors:
-            ex.shutdown(timeout_sec=2.0)
-        for th in self._threads:
-            th.join(timeout=2.0)
+        for spinner in self._spinners:
+            spinner.stop(timeout=2.0)
         self.pub.destroy_node()
         self.sub.destroy_node()
         rclpy.try_shutdown(context=self.context)

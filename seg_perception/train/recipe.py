@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from seg_perception.choices import TTA_MODES
 from seg_perception.config import ConfigError
 from seg_perception.data.datasets import DATASET_KINDS, DatasetSpec
 from seg_perception.data.transforms import AugmentConfig
@@ -76,7 +77,10 @@ class DataSection:
     """``train``: named datasets that stages pick by name (e.g. ``fine``, ``coarse``);
     ``val``: the validation set (None: no validation); ``val_frames``: frames per validation
     (0: all); ``val_size``: ``[h, w]`` the semantic net runs at during validation (None: the
-    frame's size; predictions are resized to the label size as the node does)."""
+    frame's size; predictions are resized to the label size as the node does); ``val_tta``: the
+    papers' test-time procedure of semantic validation (``none``, ``multistep``: RelationNet's
+    4-step shifted testing, ``multiscale-flip``: ShelfNet's Table 2 scales with flip;
+    :mod:`seg_perception.networks.tta`)."""
 
     train: dict[str, DatasetSpec] = field(default_factory=dict)
     val: DatasetSpec | None = None
@@ -85,13 +89,15 @@ class DataSection:
     labels: str = _f("cityscapes")
     val_frames: int = _f(0, minimum=0)
     val_size: tuple[int, int] | None = _f(None)
+    val_tta: str = _f("none", choices=TTA_MODES)
 
 
 @dataclass(frozen=True)
 class LossSection:
     """``ohem``: OHEM (RelationNet eq. 3) instead of plain cross-entropy in every stage that
     does not say otherwise; ``scl_weight``: lambda of eq. 2 (used in stages with ``scl: true``);
-    ``aux_weight``: weight of deep-supervision heads; ``asp_weights``: per-group weights of the ASP
+    ``aux_weight``: weight of deep-supervision heads (ShelfNet's ``deep_supervision`` switch,
+    our addition, not the paper's); ``asp_weights``: per-group weights of the ASP
     multi-task sum (``box``, ``cls``, ``mask``, ``segm``; default 1)."""
 
     ohem: bool = _f(False)
@@ -332,6 +338,8 @@ def parse_recipe(doc: Mapping[str, Any], *, source: str = "<recipe>") -> TrainRe
     sch = recipe.schedule
     if sch.policy == "step" and sch.step_size <= 0:
         raise ConfigError(f"{source}: 'schedule.step_size' must be > 0 for policy 'step'")
+    if recipe.data.val_tta != "none" and recipe.model.name == "panoptic_asp":
+        raise ConfigError(f"{source}: 'data.val_tta' is for the semantic nets, not panoptic_asp")
     bad_groups = sorted(set(recipe.loss.asp_weights) - {"box", "cls", "mask", "segm"})
     if bad_groups:
         raise ConfigError(f"{source}: 'loss.asp_weights' has unknown groups {bad_groups}")

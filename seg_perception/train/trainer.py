@@ -240,6 +240,7 @@ class Trainer:
                 metrics, panels = validate_panoptic(run.module, run.val_set, **kw)
             else:
                 kw["net_size"] = r.data.val_size
+                kw["tta"] = r.data.val_tta
                 metrics, panels = validate_semantic(run.module, run.val_set, **kw)
             flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
             run.log.scalars("val", flat, iteration)

@@ -1,9 +1,12 @@
 """Validation during training, with the metrics module.
 
 Semantic nets: mIoU (and the rest of :class:`~seg_perception.metrics.SemanticMetrics`) of the
-argmax prediction at the label resolution. The ASP model: its outputs are fused into panoptic
-with the paper's heuristic (:func:`~seg_perception.fusion.fuse_heuristic`), then PQ / SQ / RQ
-against the ground-truth panoptic map and mIoU of the fused semantic map.
+argmax prediction at the label resolution, optionally through a test-time procedure of the
+papers (``tta``, the recipe's ``data.val_tta``: :mod:`seg_perception.networks.tta`). The ASP
+model: its outputs are fused into panoptic with the paper's heuristic
+(:func:`~seg_perception.fusion.fuse_heuristic`), then PQ / SQ / RQ against the ground-truth
+panoptic map (:func:`~seg_perception.panoptic.gt_panoptic`, the one Cityscapes instanceId
+encoding of the package) and mIoU of the fused semantic map.
 """
 
 from __future__ import annotations
@@ -46,27 +49,39 @@ def validate_semantic(
     net_size: tuple[int, int] | None = None,
     num_samples: int = 0,
     progress: bool = False,
+    tta: str = "none",
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """mIoU of ``module`` (a :class:`SemanticTrainModule`) over ``dataset`` samples.
+    """mIoU of ``module`` (a :class:`SemanticTrainModule`) over ``dataset`` samples, with the
+    test-time procedure ``tta`` (``none``, ``multistep``, ``multiscale-flip``).
 
     Returns ``(metrics, panels)`` with up to ``num_samples`` :func:`sample_panel` images.
     """
+    import torch.nn.functional as F
     from tqdm import tqdm
 
     from seg_perception.metrics import SemanticMetrics
+    from seg_perception.networks.tta import with_tta
 
     metrics = SemanticMetrics(labels.num_classes, labels=labels)
     panels: list[np.ndarray] = []
     n = len(dataset) if max_frames <= 0 else min(max_frames, len(dataset))
     was_training = module.training
     module.eval()
+    tester = with_tta(module.net, tta)  # the net itself for "none"
     try:
         for i in tqdm(range(n), desc="validate", leave=False, disable=not progress):
             s = dataset[i]
             gt = s["semantic"]
             x = image_to_tensor(_resized(s["image"], net_size)).unsqueeze(0).to(device)
-            logits = module.predict_logits(x, size=gt.shape[:2])
-            pred = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            if tta == "none":
+                scores = module.predict_logits(x, size=gt.shape[:2])
+            else:  # class scores at the input size, then to the label size
+                scores = tester(module.normalise(x))
+                if tuple(scores.shape[-2:]) != tuple(gt.shape[:2]):
+                    scores = F.interpolate(
+                        scores, size=gt.shape[:2], mode="bilinear", align_corners=False
+                    )
+            pred = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
             metrics.update(pred, gt)
             if len(panels) < num_samples:
                 panels.append(sample_panel(s["image"], gt, pred, labels))
