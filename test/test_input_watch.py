@@ -11,7 +11,6 @@ say so: a warning naming the topic, the publisher, the cause and the fix, and WA
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from node_params import SMALL
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
@@ -41,16 +41,6 @@ from seg_perception.ros.diagnostics import NodeStats, camera_level
 from seg_perception.ros.node import SegNode
 
 HERE = Path(__file__).resolve().parent
-SMALL = {
-    "allow_random_weights": True,
-    "weights": "does/not/exist.safetensors",
-    "network_height": 64,
-    "network_width": 128,
-    "warmup_frames": 0,
-    "threads": 1,
-    "panoptic.enabled": False,
-    "engine_cache": os.environ["SEG_TEST_ENGINE_CACHE"],
-}
 
 
 def _thresholds(**changes):

@@ -1,6 +1,5 @@
 """seg_node under stress: several cameras, deadlines, engine faults, run-time reload, SIGTERM."""
 
-import os
 import signal
 import subprocess
 import threading
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
+from node_params import SMALL
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
@@ -25,17 +25,6 @@ from seg_perception.ros.bridge import loopback_env, node_command
 from seg_perception.ros.compat import SpinThread
 from seg_perception.ros.diagnostics import camera_level
 from seg_perception.ros.node import OUTPUT_QOS, SegNode
-
-SMALL = {
-    "allow_random_weights": True,
-    "weights": "does/not/exist.safetensors",
-    "network_height": 64,
-    "network_width": 128,
-    "warmup_frames": 0,
-    "threads": 1,
-    "panoptic.enabled": False,
-    "engine_cache": os.environ["SEG_TEST_ENGINE_CACHE"],
-}
 
 
 def _params(**extra):

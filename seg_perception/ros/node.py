@@ -35,7 +35,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from seg_perception import config as cfgmod
-from seg_perception.codec import ImageDecodeError, array_to_imgmsg, check_image_fields, msg_to_rgb8
+from seg_perception.codec import (
+    ImageDecodeError,
+    array_to_imgmsg,
+    check_image_fields,
+    msg_to_rgb8,
+    stamp_ns,
+)
 from seg_perception.engines import EngineError
 from seg_perception.labels import load_label_table
 from seg_perception.pipeline import (
@@ -205,11 +211,10 @@ class SegNode(Node):
 
     def _age_ms(self, msg: Any) -> float | None:
         """Age of a frame on the node clock (ms), None when its header has no stamp."""
-        stamp = msg.header.stamp
-        if not (stamp.sec or stamp.nanosec):
+        stamp = stamp_ns(msg.header)
+        if not stamp:
             return None
-        now = self.get_clock().now().nanoseconds
-        return (now - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
+        return (self.get_clock().now().nanoseconds - stamp) / 1e6
 
     def wanted_outputs(self, camera: str | None = None) -> set[str]:
         """Pipeline outputs that have at least one subscriber (first camera by default)."""
