@@ -195,11 +195,72 @@ class _GuidedTargetLogProb(torch.autograd.Function):
             per_target = g.new_zeros(n, k * h * w).scatter_add_(1, pos, g)
             g_low = per_target.view(n, k, h, w) - prob * per_source.view(n, 1, h, w)
         if ctx.needs_input_grad[1]:
-            sampled = prob.view(n, k, h * w).gather(2, src.unsqueeze(1).expand(n, k, -1))
-            full = sampled.mul_(-g.unsqueeze(1))
-            full.scatter_add_(1, target.unsqueeze(1), g.unsqueeze(1))
-            size = grid.shape[1:3]
-            g_grid = _grid_sample_backward(
-                full.view(n, k, *size), low, grid, "bilinear", (False, True)
-            )[1]
+            if h >= 2 and w >= 2:
+                g_grid = _target_grid_grad(low, prob, grid, src, target, g)
+            else:  # a one-pixel-wide map has no bilinear cell: ATen on the full-size gradient
+                sampled = prob.view(n, k, h * w).gather(2, src.unsqueeze(1).expand(n, k, -1))
+                full = sampled.mul_(-g.unsqueeze(1))
+                full.scatter_add_(1, target.unsqueeze(1), g.unsqueeze(1))
+                g_grid = _grid_sample_backward(
+                    full.view(n, k, *grid.shape[1:3]), low, grid, "bilinear", (False, True)
+                )[1]
         return g_low, g_grid, None
+
+
+# Which neighbour (dy, dx) of the nearest source s each corner of a bilinear cell is, for each
+# position r = 2 * ry + rx of s in its cell (rx, ry in {0, 1}); the corners in nw, ne, sw, se
+# order; a neighbour is numbered (dy + 1) * 3 + (dx + 1).
+_CELL_NEIGHBOURS = [
+    [(j - ry + 1) * 3 + (i - rx + 1) for j in (0, 1) for i in (0, 1)]
+    for ry in (0, 1)
+    for rx in (0, 1)
+]
+
+
+def _target_grid_grad(
+    low: Tensor, prob: Tensor, grid: Tensor, src: Tensor, target: Tensor, g: Tensor
+) -> Tensor:
+    """The straight-through grid gradient of :class:`_GuidedTargetLogProb` without the
+    ``(N, K, H, W)`` tensor: ``(N, H, W, 2)``, what ATen's bilinear ``grid_sampler_2d_backward``
+    (border padding, ``align_corners=False``) gives for the full-size logit gradient
+    ``G[c, p] = g_p ([c = y_p] - softmax_c(s_p))``.
+
+    That backward sums over the classes ``sum_c G[c, p] U_c(q)`` for the four corners ``q`` of
+    pixel ``p``'s bilinear cell; it equals ``g_p A(y_p, s_p, q)`` with
+    ``A(y, s, q) = U_y(q) - sum_c softmax_c(s) U_c(q)``. The nearest source ``s_p`` is itself a
+    corner of that cell, so ``q`` is one of its 3x3 neighbours: ``A`` is a low-resolution table
+    (``N x K x 4 positions x h x w x 4 corners``, ~0.6 M values for GUN's 256x512 crops) read
+    once per pixel. Coordinates as ATen: clipped to the border, the border itself counting as
+    outside (zero gradient along that axis); ``low``: ``(N, K, h, w)`` with ``h, w >= 2``.
+    """
+    n, k, h, w = low.shape
+    hw = h * w
+    ix = grid[..., 0].reshape(n, -1).add(1).mul_(w).sub_(1).div_(2)  # pixel coordinates
+    iy = grid[..., 1].reshape(n, -1).add(1).mul_(h).sub_(1).div_(2)
+    gx = ((ix > 0) & (ix < w - 1)).to(g.dtype).mul_(g).mul_(w / 2)  # d ix / d grid, clipped
+    gy = ((iy > 0) & (iy < h - 1)).to(g.dtype).mul_(g).mul_(h / 2)
+    x0 = ix.clamp_(0, w - 1).floor().clamp_(max=w - 2)  # the cell's top-left corner
+    y0 = iy.clamp_(0, h - 1).floor().clamp_(max=h - 2)
+    fx, fy = ix.sub_(x0), iy.sub_(y0)
+    s = src.to(g.dtype)  # exact: a low-res map has < 2**24 pixels
+    sy = s.div(w).floor_()
+    position = (s - sy * w).sub_(x0).add_(sy.sub_(y0).mul_(2))  # r = 2 ry + rx
+    padded = F.pad(low.float(), (1, 1, 1, 1))
+    shifted = torch.stack(
+        [padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 2
+    )  # (N, K, 9, h, w): U_c at each neighbour of every pixel
+    table = shifted - (prob.unsqueeze(2) * shifted).sum(1, keepdim=True)
+    neighbours = torch.tensor(_CELL_NEIGHBOURS, device=low.device).view(-1)
+    table = table[:, :, neighbours].view(n, k, 4, 4, h, w).permute(3, 0, 1, 2, 4, 5)
+    table = table.reshape(4, -1)  # (corner, flat (image, y, r, s))
+    index = target.reshape(n, -1).to(g.dtype).mul_(4).add_(position).mul_(hw).add_(s).long()
+    index += torch.arange(n, device=low.device).mul_(k * 4 * hw).unsqueeze(1)
+    a_nw, a_ne, a_sw, a_se = (corner.take(index).view(n, -1) for corner in table)
+    out = torch.empty(*grid.shape, dtype=g.dtype, device=g.device)
+    torch.mul(
+        (a_ne - a_nw).mul_(1 - fy).add_((a_se - a_sw).mul_(fy)), gx, out=out[..., 0].view(n, -1)
+    )
+    torch.mul(
+        a_sw.sub_(a_nw).mul_(1 - fx).add_(a_se.sub_(a_ne).mul_(fx)), gy, out=out[..., 1].view(n, -1)
+    )
+    return out
