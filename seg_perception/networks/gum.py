@@ -167,8 +167,8 @@ class _GuidedTargetLogProb(torch.autograd.Function):
     vectors, so the log-softmax is taken at low resolution and read at (target, source pixel).
     Backward: to ``low``, ``sum over the pixels p sampling j of w_p ([c = y_p] - softmax_cj)``
     (two scatter-adds); to the grid, the bilinear straight-through gradient of the full-res logit
-    gradient ``w_p ([c = y_p] - softmax_c(source of p))`` -- the one full-size tensor, built in
-    backward only."""
+    gradient ``w_p ([c = y_p] - softmax_c(source of p))``, read from a low-resolution table
+    (:func:`_target_grid_grad`): no ``(N, K, H, W)`` tensor is built in either direction."""
 
     @staticmethod
     def forward(ctx, low: Tensor, grid: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
@@ -242,7 +242,7 @@ def _target_grid_grad(
     x0 = ix.clamp_(0, w - 1).floor().clamp_(max=w - 2)  # the cell's top-left corner
     y0 = iy.clamp_(0, h - 1).floor().clamp_(max=h - 2)
     fx, fy = ix.sub_(x0), iy.sub_(y0)
-    s = src.to(g.dtype)  # exact: a low-res map has < 2**24 pixels
+    s = src.to(g.dtype)  # exact below 2**24 low-res pixels (4096 x 4096)
     sy = s.div(w).floor_()
     position = (s - sy * w).sub_(x0).add_(sy.sub_(y0).mul_(2))  # r = 2 ry + rx
     padded = F.pad(low.float(), (1, 1, 1, 1))
@@ -253,7 +253,7 @@ def _target_grid_grad(
     neighbours = torch.tensor(_CELL_NEIGHBOURS, device=low.device).view(-1)
     table = table[:, :, neighbours].view(n, k, 4, 4, h, w).permute(3, 0, 1, 2, 4, 5)
     table = table.reshape(4, -1)  # (corner, flat (image, y, r, s))
-    index = target.reshape(n, -1).to(g.dtype).mul_(4).add_(position).mul_(hw).add_(s).long()
+    index = target.reshape(n, -1).mul(4).add_(position.long()).mul_(hw).add_(src)
     index += torch.arange(n, device=low.device).mul_(k * 4 * hw).unsqueeze(1)
     a_nw, a_ne, a_sw, a_se = (corner.take(index).view(n, -1) for corner in table)
     out = torch.empty(*grid.shape, dtype=g.dtype, device=g.device)
