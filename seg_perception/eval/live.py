@@ -105,6 +105,7 @@ def evaluate_live(
         start_node,
         stop_process,
     )
+    from seg_perception.ros.compat import SpinThread
 
     if not rate > 0:
         raise ValueError(f"rate must be > 0, got {rate}")
@@ -180,8 +181,7 @@ def evaluate_live(
     node = rclpy.create_node("seg_eval_live", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
+    spin = SpinThread(executor, name="seg_eval_live")
     TopicRecorder(node, out_topics, sink)
     latched = QoSProfile(
         depth=1,
@@ -246,7 +246,7 @@ def evaluate_live(
         ok = True
     finally:
         node_code = stop_process(proc)
-        executor.shutdown()
+        spin.stop()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
         if ok:
