@@ -33,3 +33,26 @@ def _seed():
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
+
+
+@pytest.fixture
+def engine_quiet() -> None:
+    """onnxruntime.quantization logs at INFO through the root logger: silenced."""
+    import logging
+
+    logging.getLogger("root").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``{model: weights file}``: GUN and ShelfNet-18 fitted on small frames (small_engines)."""
+    from fitted import fitted_weights
+    from small_engines import SWITCHES, H, K, W
+
+    return fitted_weights(tmp_path_factory.mktemp("weights"), SWITCHES, num_classes=K, hw=(H, W))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """An export / engine cache folder shared by one test module."""
+    return tmp_path_factory.mktemp("engine_cache")

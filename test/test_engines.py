@@ -5,15 +5,14 @@ surgery, calibration and the bench helpers: test_engine_parts.py). Small: 64x128
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from fitted import fitted_weights
 from safetensors.torch import save_file
+from small_engines import H, K, W, small_spec
 
 from seg_perception.data.synth import generate_frame
 from seg_perception.engines.base import EngineError
@@ -25,43 +24,15 @@ from seg_perception.machine import INT8_MODES, choose_int8_mode, detect, has_bf1
 from seg_perception.networks import build_model
 from seg_perception.networks.export import export_onnx
 
-H, W = 64, 128
-K = 19
-SWITCHES = {"gun": {}, "shelfnet": {"backbone": "resnet18"}}
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    torch.set_num_threads(1)
-    logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime.quantization's chatter
+pytestmark = pytest.mark.usefixtures("engine_quiet")
 
 
 def _frames(seed: int, n: int) -> list:
     return [generate_frame(seed=seed, index=i, height=H, width=W) for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return fitted_weights(tmp_path_factory.mktemp("weights"), SWITCHES, num_classes=K, hw=(H, W))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("engine_cache")
-
-
 def _engine(model: str, weights: Path, cache: Path, **kw):
-    args = dict(
-        model=model,
-        switches=tuple(SWITCHES[model].items()),
-        num_classes=K,
-        input_hw=(H, W),
-        weights=weights,
-        cache_dir=cache,
-        threads=1,
-        max_batch=16,
-    )
-    return build(EngineSpec(**{**args, **kw}))
+    return build(small_spec(model, weights, cache, **kw))
 
 
 def _val() -> np.ndarray:

@@ -13,7 +13,6 @@ integer kernels on a VNNI CPU 0.9870 / 0.9910. The engines themselves need a GPU
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from fitted import fitted_weights
 from onnx import TensorProto, helper, numpy_helper
+from small_engines import H, K, W, small_spec
 
 from seg_perception.data.synth import generate_frame
 from seg_perception.engines.base import EngineError
@@ -49,43 +48,15 @@ from seg_perception.machine import detect, has_vnni
 from seg_perception.networks import build_model
 from seg_perception.networks.export import export_onnx
 
-H, W = 64, 128
-K = 19
-SWITCHES = {"gun": {}, "shelfnet": {"backbone": "resnet18"}}
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    torch.set_num_threads(1)
-    logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime.quantization's chatter
+pytestmark = pytest.mark.usefixtures("engine_quiet")
 
 
 def _frames(seed: int, n: int) -> np.ndarray:
     return np.stack([generate_frame(seed=seed, index=i, height=H, width=W).image for i in range(n)])
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return fitted_weights(tmp_path_factory.mktemp("weights"), SWITCHES, num_classes=K, hw=(H, W))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("engine_cache")
-
-
 def _spec(model: str, weights: Path, cache: Path, **kw) -> EngineSpec:
-    args = dict(
-        model=model,
-        switches=tuple(SWITCHES[model].items()),
-        num_classes=K,
-        input_hw=(H, W),
-        weights=weights,
-        cache_dir=cache,
-        threads=1,
-        max_batch=8,
-    )
-    return EngineSpec(**{**args, **kw})
+    return small_spec(model, weights, cache, **{"max_batch": 8, **kw})
 
 
 def _ids(path: Path, x: np.ndarray, graph_optimization: str = "all") -> np.ndarray:
