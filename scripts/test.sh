@@ -15,5 +15,5 @@ if [ "${1:-}" = "--ros-facing" ]; then
   set -- "${ROS_FACING_TESTS[@]}" "$@"
 fi
 echo "[test] ROS 2 $SEG_ROS_DISTRO, $(python --version 2>&1), rclpy $(python -c 'from importlib.metadata import version; print(version("ros-rclpy"))')"
-ruff check seg_perception test launch
+ruff check seg_perception test launch setup.py
 exec python -m pytest "$@"

@@ -46,9 +46,9 @@ QUIET_S = 2.0  # ... and stop once no output arrived for this long
 PACE_TIMEOUT_S = 60.0  # paced play: send the next frame after this long without an answer
 
 
-
 class LiveEvalError(SegError, RuntimeError):
     """The node under evaluation did not come up (exited, or not ready in time)."""
+
 
 def typed_overrides(overrides: dict[str, str]) -> dict[str, Any]:
     """String overrides (as ``-p key:=value`` takes them) -> YAML-typed values for load_config:
