@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torchvision
 from safetensors.torch import save_file
 from small_engines import H, K, W, small_spec
 
@@ -125,6 +126,49 @@ def test_output_buffers_are_reused(backend, weights, cache) -> None:
     assert engine.inputs[0].shape[1:] == (H, W, 3)
 
 
+NMS = 0.5  # the detector's box NMS IoU threshold in the panoptic test (torchvision's default)
+
+
+def _box_distance(p: dict, q: dict) -> np.ndarray:
+    """``(len p, len q)``: largest coordinate difference of two detections, inf across classes."""
+    d = np.abs(p["boxes"][:, None, :] - q["boxes"][None, :, :]).max(axis=2)
+    d[p["labels"][:, None] != q["labels"][None, :]] = np.inf
+    return d
+
+
+def _twins(p: dict, q: dict) -> np.ndarray:
+    return _box_distance(p, q).argmin(axis=1)
+
+
+def _without_twin(p: dict, q: dict) -> np.ndarray:
+    """Detections of ``p`` with no detection of ``q`` of the same class within 0.05 px."""
+    return np.flatnonzero(_box_distance(p, q).min(axis=1) > 0.05)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    return torchvision.ops.box_iou(torch.from_numpy(box[None]), torch.from_numpy(boxes))[0].numpy()
+
+
+def _at_nms_threshold(p: dict, i: int) -> bool:
+    """Detection ``i``'s IoU with a stronger detection of its class is the NMS threshold, up to
+    float rounding."""
+    stronger = np.flatnonzero((p["labels"] == p["labels"][i]) & (p["scores"] > p["scores"][i]))
+    return bool(stronger.size) and bool(
+        np.any(np.abs(_iou(p["boxes"][i], p["boxes"][stronger]) - NMS) < 1e-4)
+    )
+
+
+def _suppressed_by(p: dict, i: int, q: dict, candidates: np.ndarray) -> bool:
+    """Detection ``i`` of ``p`` overlaps, beyond the threshold, a stronger detection of its class
+    among ``candidates`` of ``q`` (one that ``p``'s NMS did not keep)."""
+    c = [
+        j
+        for j in candidates
+        if q["labels"][j] == p["labels"][i] and q["scores"][j] > p["scores"][i]
+    ]
+    return bool(c) and bool(np.any(_iou(p["boxes"][i], q["boxes"][c]) > NMS))
+
+
 @pytest.mark.slow
 def test_panoptic_outputs_by_name_through_onnxruntime(cache) -> None:
     """The ASP export form through the factory: generic named outputs, data-dependent K."""
@@ -133,7 +177,7 @@ def test_panoptic_outputs_by_name_through_onnxruntime(cache) -> None:
         num_classes=K,
         input_hw=(H, 2 * W),
         cache_dir=cache,
-        switches=(("box_score_thresh", 0.0),),
+        switches=(("box_score_thresh", 0.0), ("box_nms_thresh", NMS)),
     )
     ref = build(EngineSpec(backend="torch", **kw))
     ort_engine = build(EngineSpec(backend="onnxruntime", **kw))
@@ -145,8 +189,18 @@ def test_panoptic_outputs_by_name_through_onnxruntime(cache) -> None:
     k = len(a["boxes"])
     assert k > 0 and b["boxes"].shape == (k, 4) and b["masks"].shape == (k, 1, 28, 28)
     assert b["labels"].dtype == np.int64 and b["semantic_ids"].shape == (H, 2 * W)
-    np.testing.assert_array_equal(a["labels"], b["labels"])
-    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.05)
+    # The same detections, except where the two backends' float rounding puts a box's IoU with a
+    # stronger box of its class on either side of the NMS threshold (seen on a Xeon: IoU
+    # 0.4999996, kept by torch, suppressed by ORT, which then kept a box that one suppressed).
+    only_a, only_b = _without_twin(a, b), _without_twin(b, a)
+    assert len(only_a) + len(only_b) <= 4, (only_a, only_b)
+    for p, q, mine, theirs in ((a, b, only_a, only_b), (b, a, only_b, only_a)):
+        for i in mine:
+            assert _at_nms_threshold(p, i) or _suppressed_by(p, i, q, theirs), (i, p["scores"][i])
+    both = np.setdiff1d(np.arange(k), only_a)
+    twin = _twins(a, b)[both]
+    np.testing.assert_allclose(a["scores"][both], b["scores"][twin], atol=1e-4)
+    assert all(np.all(np.diff(d["scores"]) <= 0) for d in (a, b))  # strongest first
     assert np.mean(a["semantic_ids"] == b["semantic_ids"]) >= 0.999
     with pytest.raises(EngineError, match="takes one image per call"):
         build(EngineSpec(backend="onnxruntime", max_batch=2, **kw))
