@@ -49,10 +49,10 @@ STAGES = ("preprocess", "engine", "postprocess", "colorize")
 class PanopticSettings:
     """How the panoptic path turns detections into outputs (``panoptic.*`` / ``fusion.*``)."""
 
-    score_threshold: float = 0.5
+    score_threshold: float = 0.6
     method: str = "heuristic"  # fusion.method
     semantic_source: str = "realtime"  # fusion.semantic_source: realtime | asp
-    min_new_instance_area: int = 400
+    min_new_instance_area: int = 2048
 
 
 @dataclass
