@@ -54,6 +54,14 @@ class PanopticSettings:
     semantic_source: str = "realtime"  # fusion.semantic_source: realtime | asp
     min_new_instance_area: int = 2048
 
+    def fusion(self, labels: LabelTable) -> Callable[..., PanopticResult]:
+        """The fusion these settings name, options bound and checked once: call it per frame as
+        ``f(semantic, instances)`` (the node, ``eval`` and the trainer's validation share it)."""
+        options: dict[str, object] = {"score_threshold": self.score_threshold}
+        if self.method == "heuristic":
+            options["min_new_instance_area"] = self.min_new_instance_area
+        return fusion_method(self.method, labels=labels, **options)
+
 
 @dataclass
 class PanopticOutputs:
@@ -126,11 +134,7 @@ class Pipeline:
         self.overlay_alpha = float(overlay_alpha)
         self.panoptic_engine = panoptic_engine
         self.panoptic = panoptic or PanopticSettings()
-        options: dict[str, object] = {"score_threshold": self.panoptic.score_threshold}
-        if self.panoptic.method == "heuristic":
-            options["min_new_instance_area"] = self.panoptic.min_new_instance_area
-        # resolved and checked once, not per frame
-        self._fuse = fusion_method(self.panoptic.method, labels=labels, **options)
+        self._fuse = self.panoptic.fusion(labels)  # resolved and checked once, not per frame
         self._clock = clock
         # the images the node publishes live in array.array memory: no copy into the message
         self._buf = OutputBuffers(byte_array_backed)

@@ -243,11 +243,12 @@ def test_validation_runs_the_recipe_test_time_procedure() -> None:
 class _Oracle(nn.Module):
     """An ASP stand-in whose output is the ground truth of the one frame it is shown."""
 
-    def __init__(self, semantic: np.ndarray, instance: np.ndarray) -> None:
+    def __init__(self, semantic: np.ndarray, instance: np.ndarray, score: float = 1.0) -> None:
         super().__init__()
         from seg_perception.data.cityscapes import instance_targets
 
         self.semantic, self.targets = torch.from_numpy(semantic), instance_targets(instance)
+        self.score = score
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         t = self.targets
@@ -256,7 +257,7 @@ class _Oracle(nn.Module):
                 "semantic": self.semantic,
                 "masks": t["masks"].float(),
                 "labels": t["labels"],
-                "scores": torch.ones(len(t["labels"])),
+                "scores": torch.full((len(t["labels"]),), self.score),
             }
         ]
 
@@ -286,3 +287,33 @@ def test_validation_keeps_cityscapes_instance_index_999_in_its_class() -> None:
     assert per_class["person"]["tp"] == 1
     assert per_class["truck"]["tp"] + per_class["truck"]["fn"] == 0
     assert metrics["pq_things"] == pytest.approx(1.0) and metrics["pq"] == pytest.approx(1.0)
+
+
+def test_validation_fuses_with_the_node_settings() -> None:
+    """The trainer's ASP validation fuses as the node does: a detection scored just under the
+    node's default threshold is dropped (its small segment then has no instance), and given
+    settings are honoured."""
+    from seg_perception.pipeline import PanopticSettings
+    from seg_perception.train.validate import validate_panoptic
+
+    car = CITYSCAPES.label_to_train[26]
+    semantic = np.zeros((32, 64), np.uint8)
+    instance = np.full((32, 64), 7, np.int32)
+    semantic[4:20, 4:30], instance[4:20, 4:30] = car, 26000  # 416 px: below the new-instance area
+    frame = {"image": np.zeros((32, 64, 3), np.uint8), "semantic": semantic, "instance": instance}
+    default = PanopticSettings()
+    assert default.min_new_instance_area > 416
+
+    class Module(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _Oracle(semantic, instance, score=default.score_threshold - 0.05)
+
+    cpu = torch.device("cpu")
+    node, _ = validate_panoptic(Module(), [frame], device=cpu)
+    assert node["panoptic"]["per_class"]["car"]["tp"] == 0
+    assert node["panoptic"]["per_class"]["car"]["fn"] == 1
+    lower = PanopticSettings(score_threshold=default.score_threshold - 0.1)
+    given, _ = validate_panoptic(Module(), [frame], device=cpu, settings=lower)
+    assert given["panoptic"]["per_class"]["car"]["tp"] == 1
+    assert given["pq_things"] == pytest.approx(1.0)

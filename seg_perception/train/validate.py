@@ -3,10 +3,11 @@
 Semantic nets: mIoU (and the rest of :class:`~seg_perception.metrics.SemanticMetrics`) of the
 argmax prediction at the label resolution, optionally through a test-time procedure of the
 papers (``tta``, the recipe's ``data.val_tta``: :mod:`seg_perception.networks.tta`). The ASP
-model: its outputs are fused into panoptic with the paper's heuristic
-(:func:`~seg_perception.fusion.fuse_heuristic`), then PQ / SQ / RQ against the ground-truth
-panoptic map (:func:`~seg_perception.panoptic.gt_panoptic`, the one Cityscapes instanceId
-encoding of the package) and mIoU of the fused semantic map.
+model: its outputs are fused into panoptic as the node fuses them
+(:meth:`~seg_perception.pipeline.PanopticSettings.fusion`, the paper's heuristic by default),
+then PQ / SQ / RQ against the ground-truth panoptic map
+(:func:`~seg_perception.panoptic.gt_panoptic`, the one Cityscapes instanceId encoding of the
+package) and mIoU of the fused semantic map.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 from seg_perception.data.transforms import image_to_tensor
 from seg_perception.labels import CITYSCAPES, LabelTable
 from seg_perception.panoptic import gt_panoptic
+from seg_perception.pipeline import PanopticSettings
 
 __all__ = ["sample_panel", "validate_panoptic", "validate_semantic"]
 
@@ -99,15 +101,22 @@ def validate_panoptic(
     labels: LabelTable = CITYSCAPES,
     max_frames: int = 0,
     num_samples: int = 0,
-    score_threshold: float = 0.5,
-    min_new_instance_area: int | None = None,
+    settings: PanopticSettings | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """PQ / SQ / RQ and mIoU of the ASP model + heuristic fusion over ``dataset`` samples."""
+    """PQ / SQ / RQ and mIoU of the ASP model + fusion over ``dataset`` samples.
+
+    ``settings``: the fusion and its options, the node's defaults (``config/seg.yaml``) unless
+    given, applied as the node applies them to frames of the dataset's size (the area threshold
+    is in pixels of the fused frame). The semantic map fused is the ASP model's own head: no
+    real-time net takes part in this validation.
+    """
     from tqdm import tqdm
 
-    from seg_perception.fusion import Instances, fuse_heuristic
+    from seg_perception.fusion import Instances
     from seg_perception.metrics import PanopticQuality, SemanticMetrics
+
+    fuse = (settings or PanopticSettings()).fusion(labels)
 
     sem_metrics = SemanticMetrics(labels.num_classes, labels=labels)
     pq = PanopticQuality(labels=labels)
@@ -126,14 +135,7 @@ def validate_panoptic(
                 labels=out["labels"].cpu().numpy(),
                 scores=out["scores"].float().cpu().numpy(),
             )
-            h, w = semantic.shape
-            kwargs: dict[str, Any] = {"labels": labels, "score_threshold": score_threshold}
-            # The fusion's default new-instance area is for 1024x2048 frames; scale it.
-            area = min_new_instance_area
-            if area is None:
-                area = max(16, int(2048 * h * w / (1024 * 2048)))
-            kwargs["min_new_instance_area"] = area
-            fused = fuse_heuristic(semantic, inst, **kwargs)
+            fused = fuse(semantic, inst)
             sem_metrics.update(fused.semantic, s["semantic"])
             pq.update(fused.panoptic, gt_panoptic(s["semantic"], s.get("instance"), labels))
             if len(panels) < num_samples:
