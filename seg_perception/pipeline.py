@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
 
-from seg_perception.config import SegConfig
+from seg_perception.config import SegConfig, load_config
 from seg_perception.engines.base import Engine, OutputBuffers, byte_array_backed
 from seg_perception.fusion import fusion_method
 from seg_perception.labels import LabelTable
@@ -47,12 +48,28 @@ STAGES = ("preprocess", "engine", "postprocess", "colorize")
 
 @dataclass(frozen=True)
 class PanopticSettings:
-    """How the panoptic path turns detections into outputs (``panoptic.*`` / ``fusion.*``)."""
+    """How the panoptic path turns detections into outputs (``panoptic.*`` / ``fusion.*``).
 
-    score_threshold: float = 0.6
-    method: str = "heuristic"  # fusion.method
-    semantic_source: str = "realtime"  # fusion.semantic_source: realtime | asp
-    min_new_instance_area: int = 2048
+    No defaults of its own: :meth:`from_config` reads them from a :class:`SegConfig`, by default
+    the shipped ``config/seg.yaml`` (the one source of default values)."""
+
+    score_threshold: float  # panoptic.score_threshold
+    method: str  # fusion.method
+    semantic_source: str  # fusion.semantic_source: realtime | asp
+    min_new_instance_area: int  # fusion.min_new_instance_area
+
+    @classmethod
+    def from_config(cls, cfg: SegConfig | None = None, **changes: Any) -> PanopticSettings:
+        """The settings ``cfg`` names (default: the shipped ``config/seg.yaml``), with
+        ``changes`` (field name -> value) applied on top."""
+        cfg = cfg if cfg is not None else load_config()
+        settings = cls(
+            score_threshold=cfg.panoptic.score_threshold,
+            method=cfg.fusion.method,
+            semantic_source=cfg.fusion.semantic_source,
+            min_new_instance_area=cfg.fusion.min_new_instance_area,
+        )
+        return replace(settings, **changes)
 
     def fusion(self, labels: LabelTable) -> Callable[..., PanopticResult]:
         """The fusion these settings name, options bound and checked once: call it per frame as
@@ -133,7 +150,7 @@ class Pipeline:
         self.labels = labels
         self.overlay_alpha = float(overlay_alpha)
         self.panoptic_engine = panoptic_engine
-        self.panoptic = panoptic or PanopticSettings()
+        self.panoptic = panoptic or PanopticSettings.from_config()
         self._fuse = self.panoptic.fusion(labels)  # resolved and checked once, not per frame
         self._clock = clock
         # the images the node publishes live in array.array memory: no copy into the message
@@ -326,12 +343,7 @@ def build_pipeline(
         on_note("panoptic_asp", note)
         panoptic_engine = build(spec)
         panoptic_engine.warmup(min(cfg.warmup_frames, 1))
-    settings = PanopticSettings(
-        score_threshold=cfg.panoptic.score_threshold,
-        method=cfg.fusion.method,
-        semantic_source=cfg.fusion.semantic_source,
-        min_new_instance_area=cfg.fusion.min_new_instance_area,
-    )
+    settings = PanopticSettings.from_config(cfg)
     return Pipeline(
         engine,
         labels,

@@ -85,7 +85,7 @@ def test_panoptic_path_scales_boxes_and_fuses_with_realtime_semantic():
         engine,
         CITYSCAPES,
         panoptic_engine=OneCarASP(),
-        panoptic=PanopticSettings(score_threshold=0.5, min_new_instance_area=10),
+        panoptic=PanopticSettings.from_config(score_threshold=0.5, min_new_instance_area=10),
     )
     rgb = np.zeros((128, 256, 3), np.uint8)
     semantic = pipe.run(rgb, {"semantic"}).semantic
@@ -110,9 +110,24 @@ def test_panoptic_semantic_source_asp_uses_the_asp_semantic_head():
         ConstantSemantic(_semantic_map()),
         CITYSCAPES,
         panoptic_engine=OneCarASP(),
-        panoptic=PanopticSettings(semantic_source="asp"),
+        panoptic=PanopticSettings.from_config(semantic_source="asp"),
     )
     out = pipe.run_panoptic(np.zeros((128, 256, 3), np.uint8), None)
     # the ASP semantic head says road everywhere: car mask pixels on background are deleted
     assert out.result.instance.max() == 0
     assert (out.result.semantic == ROAD).all()
+
+
+def test_panoptic_settings_come_from_the_config():
+    from seg_perception.config import default_config_path, load_config, read_params_file
+
+    shipped = read_params_file(default_config_path())
+    default = PanopticSettings.from_config()
+    assert default.score_threshold == shipped["panoptic.score_threshold"]
+    assert default.min_new_instance_area == shipped["fusion.min_new_instance_area"]
+    assert default.method == shipped["fusion.method"]
+    assert default.semantic_source == shipped["fusion.semantic_source"]
+    cfg = load_config(overrides={"panoptic.score_threshold": 0.25, "fusion.method": "baseline"})
+    given = PanopticSettings.from_config(cfg, min_new_instance_area=7)
+    assert (given.score_threshold, given.method) == (0.25, "baseline")
+    assert given.min_new_instance_area == 7

@@ -301,7 +301,7 @@ def test_validation_fuses_with_the_node_settings() -> None:
     instance = np.full((32, 64), 7, np.int32)
     semantic[4:20, 4:30], instance[4:20, 4:30] = car, 26000  # 416 px: below the new-instance area
     frame = {"image": np.zeros((32, 64, 3), np.uint8), "semantic": semantic, "instance": instance}
-    default = PanopticSettings()
+    default = PanopticSettings.from_config()
     assert default.min_new_instance_area > 416
 
     class Module(nn.Module):
@@ -313,7 +313,7 @@ def test_validation_fuses_with_the_node_settings() -> None:
     node, _ = validate_panoptic(Module(), [frame], device=cpu)
     assert node["panoptic"]["per_class"]["car"]["tp"] == 0
     assert node["panoptic"]["per_class"]["car"]["fn"] == 1
-    lower = PanopticSettings(score_threshold=default.score_threshold - 0.1)
+    lower = PanopticSettings.from_config(score_threshold=default.score_threshold - 0.1)
     given, _ = validate_panoptic(Module(), [frame], device=cpu, settings=lower)
     assert given["panoptic"]["per_class"]["car"]["tp"] == 1
     assert given["pq_things"] == pytest.approx(1.0)

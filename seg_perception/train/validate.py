@@ -116,7 +116,7 @@ def validate_panoptic(
     from seg_perception.fusion import Instances
     from seg_perception.metrics import PanopticQuality, SemanticMetrics
 
-    fuse = (settings or PanopticSettings()).fusion(labels)
+    fuse = (settings or PanopticSettings.from_config()).fusion(labels)
 
     sem_metrics = SemanticMetrics(labels.num_classes, labels=labels)
     pq = PanopticQuality(labels=labels)
