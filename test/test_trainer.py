@@ -420,3 +420,50 @@ def test_ddp_two_cpu_processes_keep_identical_replicas(tmp_path: Path) -> None:
     module = SemanticTrainModule(build_model("gun"), use_scl=True)
     module.load_state_dict(ckpt["model"])
     assert parameter_digest(module) == digests[0]  # the saved weights are the replicas' weights
+
+
+def test_average_weights_is_the_mean_of_files_of_one_network(tmp_path: Path, capsys) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from seg_perception.cli import main as cli_main
+    from seg_perception.networks import build_model
+    from seg_perception.networks.export import META_MODEL, META_SWITCHES
+    from seg_perception.train.checkpoint import CheckpointError, average_weights
+
+    def write(name: str, seed: int, model: str = "gun", width: float = 0.25) -> Path:
+        torch.manual_seed(seed)
+        net = build_model(model, width=width)
+        for m in net.modules():  # distinct BatchNorm statistics per file
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+        state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+        meta = {META_MODEL: model, META_SWITCHES: json.dumps({"width": width}), "x": "1"}
+        save_file(state, str(tmp_path / name), metadata=meta)
+        return tmp_path / name
+
+    a, b, c = write("a.safetensors", 1), write("b.safetensors", 2), write("c.safetensors", 3)
+    out = average_weights([a, b, c], tmp_path / "soup.safetensors")
+    soup, parts = load_file(str(out)), [load_file(str(p)) for p in (a, b, c)]
+    key = "classifier.weight"
+    mean = sum(p[key].float() for p in parts) / 3
+    assert soup[key].dtype == torch.float16
+    assert torch.allclose(soup[key].float(), mean, atol=1e-3)
+    assert not torch.allclose(soup[key], parts[0][key])
+    bn = next(k for k in soup if k.endswith("running_mean"))
+    assert torch.allclose(soup[bn].float(), sum(p[bn].float() for p in parts) / 3, atol=1e-3)
+    net = build_model("gun", weights=str(out))  # width from the averaged file's metadata
+    assert torch.allclose(net.state_dict()[key], soup[key].float())
+    # files of different networks: an error naming both, nothing written
+    wide = write("wide.safetensors", 4, width=0.5)
+    with pytest.raises(CheckpointError, match="wide.safetensors.*a.safetensors"):
+        average_weights([a, wide], tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+    # the command: OUT then the inputs; OUT may be an input
+    assert cli_main(["train", "--average-weights", str(a), str(a), str(b), "--dtype", "fp32"]) == 0
+    assert "average of 2 files" in capsys.readouterr().out
+    both = load_file(str(a))
+    assert both[key].dtype == torch.float32
+    assert torch.allclose(both[key], (parts[0][key].float() + parts[1][key].float()) / 2, atol=1e-3)
+    assert cli_main(["train", "--average-weights", str(tmp_path / "o.safetensors"), str(b)]) == 2

@@ -7,6 +7,7 @@ Examples::
     seg-perception train --config config/train/gun_synth.yaml --set optim.lr=0.02 run.seed=3
     torchrun --nproc-per-node 4 -m seg_perception.train --config config/train/gun_cityscapes.yaml
     seg-perception train --export-weights runs/gun_synth models/gun_synth.safetensors
+    seg-perception train --average-weights OUT.safetensors A.safetensors B.safetensors  # a soup
 
 Exit status: 0 done, 2 bad recipe / data, 3 the loss became NaN (the last good checkpoint is
 kept and named in the message).
@@ -57,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after training, write the net's weights to this .safetensors file; with two "
         "paths (RUN_OR_CHECKPOINT OUT) export without training",
     )
+    parser.add_argument(
+        "--average-weights",
+        nargs="+",
+        metavar="PATH",
+        help="OUT IN IN [IN ...]: write the uniform average of exported weight files of one "
+        "network (e.g. schedules fine-tuned from one file) to OUT, without training",
+    )
     parser.add_argument("--dtype", choices=DTYPES, default="fp16", help="exported weights dtype")
 
 
@@ -67,9 +75,20 @@ def _dtype(name: str):  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from seg_perception.train.checkpoint import export_weights
+    from seg_perception.train.checkpoint import average_weights, export_weights
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.average_weights:
+        paths = args.average_weights
+        if len(paths) < 3:
+            print("--average-weights takes OUT and two or more input files", file=sys.stderr)
+            return 2
+        for p in paths[1:]:
+            check_path(p, "file", "--average-weights IN")
+        check_path(paths[0], "output_file", "--average-weights OUT")
+        out = average_weights(paths[1:], paths[0], dtype=_dtype(args.dtype))
+        print(f"average of {len(paths) - 1} files written to {out}")
+        return 0
     exports = args.export_weights or []
     if len(exports) > 2:
         print("--export-weights takes OUT or RUN_OR_CHECKPOINT OUT", file=sys.stderr)

@@ -7,7 +7,8 @@ writing leaves the previous checkpoint untouched. ``checkpoints/latest`` names t
 older files beyond ``keep`` are deleted after the new one is in place.
 
 :func:`export_weights` writes the network's weights alone as safetensors (fp16 by default), the
-format the node and ``build_model(..., weights=...)`` load.
+format the node and ``build_model(..., weights=...)`` load; :func:`average_weights` writes the
+uniform average of several such files of one network.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from seg_perception.errors import SegError
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "average_weights",
     "export_weights",
     "find_latest_checkpoint",
     "load_checkpoint",
@@ -174,4 +176,76 @@ def export_weights(
         raise ValueError(f"export_weights: output must end in .safetensors, got {out}")
     with atomic_path(out) as tmp:
         tmp.write_bytes(save(tensors, metadata=meta))
+    return out
+
+
+def average_weights(
+    inputs: list[str | Path],
+    out_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """The uniform average of exported weight files of one network, as ``.safetensors``.
+
+    ``inputs``: two or more files written by :func:`export_weights` for the same model and
+    builder switches (e.g. the last checkpoints of schedules fine-tuned from one file). Floating
+    tensors (BatchNorm running statistics included) are averaged in fp32 and stored in
+    ``dtype``; integer ones (``num_batches_tracked``) are taken from the first file. A mismatch
+    of model, switches, tensor names or shapes is a :class:`CheckpointError` naming both files;
+    nothing is written then. ``out_path`` may be one of the inputs (written atomically after
+    all are read).
+    """
+    from safetensors.torch import load_file, save
+
+    from seg_perception.networks.export import META_MODEL, META_SWITCHES, read_weights_metadata
+
+    paths = [Path(p) for p in inputs]
+    if len(paths) < 2:
+        raise CheckpointError(f"average_weights: give two or more weight files, got {len(paths)}")
+    out = Path(out_path)
+    for p in [*paths, out]:
+        if p.suffix != ".safetensors":
+            raise CheckpointError(f"average_weights: {p} is not a .safetensors file")
+    first_meta = read_weights_metadata(paths[0])
+    first = load_file(str(paths[0]))
+    sums = {k: v.float() for k, v in first.items() if v.is_floating_point()}
+    for p in paths[1:]:
+        meta = read_weights_metadata(p)
+        for key in (META_MODEL, META_SWITCHES):
+            if meta.get(key) != first_meta.get(key):
+                raise CheckpointError(
+                    f"average_weights: {p} has {key} {meta.get(key)!r}, {paths[0]} has "
+                    f"{first_meta.get(key)!r}: only files of one network can be averaged"
+                )
+        tensors = load_file(str(p))
+        if tensors.keys() != first.keys():
+            diff = sorted(tensors.keys() ^ first.keys())
+            raise CheckpointError(
+                f"average_weights: {p} and {paths[0]} hold different tensors, e.g. {diff[:3]}"
+            )
+        for k, v in tensors.items():
+            if v.shape != first[k].shape:
+                raise CheckpointError(
+                    f"average_weights: tensor {k!r} is {tuple(v.shape)} in {p}, "
+                    f"{tuple(first[k].shape)} in {paths[0]}"
+                )
+            if k in sums:
+                sums[k] += v.float()
+    averaged = {
+        k: (sums[k] / len(paths)).to(dtype).contiguous() if k in sums else v
+        for k, v in first.items()
+    }
+    meta = {
+        META_MODEL: first_meta.get(META_MODEL, ""),
+        META_SWITCHES: first_meta.get(META_SWITCHES, "{}"),
+        "seg_perception.iteration": "",
+        "seg_perception.dtype": str(dtype).removeprefix("torch."),
+        "seg_perception.source": "average of "
+        + ", ".join(
+            f"{p.name} (iteration {read_weights_metadata(p).get('seg_perception.iteration', '?')})"
+            for p in paths
+        ),
+    }
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(save(averaged, metadata=meta))
     return out
