@@ -148,8 +148,6 @@ def export_weights(
     """
     from safetensors.torch import save
 
-    from seg_perception.networks.export import META_MODEL, META_SWITCHES
-
     src = find_latest_checkpoint(checkpoint)
     if src is None:
         raise CheckpointError(f"no checkpoint found at {checkpoint}")
@@ -162,15 +160,15 @@ def export_weights(
     switches = data.get("switches") or {}
     if not isinstance(switches, Mapping):
         raise CheckpointError(f"{src}: 'switches' must be a mapping, got {type(switches).__name__}")
-    meta = {
-        META_MODEL: str(data.get("model_name", "")),
-        META_SWITCHES: json.dumps(
+    meta = _weights_metadata(
+        model=str(data.get("model_name", "")),
+        switches=json.dumps(
             {str(k): v for k, v in switches.items() if "weights" not in str(k)}, sort_keys=True
         ),
-        "seg_perception.iteration": str(data.get("iteration", "")),
-        "seg_perception.dtype": str(dtype).removeprefix("torch."),
-        "seg_perception.source": src.name,
-    }
+        iteration=str(data.get("iteration", "")),
+        dtype=dtype,
+        source=src.name,
+    )
     out = Path(out_path)
     if out.suffix != ".safetensors":
         raise ValueError(f"export_weights: output must end in .safetensors, got {out}")
@@ -195,9 +193,14 @@ def average_weights(
     nothing is written then. ``out_path`` may be one of the inputs (written atomically after
     all are read).
     """
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
-    from seg_perception.networks.export import META_MODEL, META_SWITCHES, read_weights_metadata
+    from seg_perception.networks.export import (
+        META_MODEL,
+        META_SWITCHES,
+        read_state_dict,
+        read_weights_metadata,
+    )
 
     paths = [Path(p) for p in inputs]
     if len(paths) < 2:
@@ -206,18 +209,17 @@ def average_weights(
     for p in [*paths, out]:
         if p.suffix != ".safetensors":
             raise CheckpointError(f"average_weights: {p} is not a .safetensors file")
-    first_meta = read_weights_metadata(paths[0])
-    first = load_file(str(paths[0]))
+    metas = [read_weights_metadata(p) for p in paths]
+    first = read_state_dict(paths[0])
     sums = {k: v.float() for k, v in first.items() if v.is_floating_point()}
-    for p in paths[1:]:
-        meta = read_weights_metadata(p)
+    for p, meta in zip(paths[1:], metas[1:], strict=True):
         for key in (META_MODEL, META_SWITCHES):
-            if meta.get(key) != first_meta.get(key):
+            if meta.get(key) != metas[0].get(key):
                 raise CheckpointError(
                     f"average_weights: {p} has {key} {meta.get(key)!r}, {paths[0]} has "
-                    f"{first_meta.get(key)!r}: only files of one network can be averaged"
+                    f"{metas[0].get(key)!r}: only files of one network can be averaged"
                 )
-        tensors = load_file(str(p))
+        tensors = read_state_dict(p)
         if tensors.keys() != first.keys():
             diff = sorted(tensors.keys() ^ first.keys())
             raise CheckpointError(
@@ -235,17 +237,35 @@ def average_weights(
         k: (sums[k] / len(paths)).to(dtype).contiguous() if k in sums else v
         for k, v in first.items()
     }
-    meta = {
-        META_MODEL: first_meta.get(META_MODEL, ""),
-        META_SWITCHES: first_meta.get(META_SWITCHES, "{}"),
-        "seg_perception.iteration": "",
-        "seg_perception.dtype": str(dtype).removeprefix("torch."),
-        "seg_perception.source": "average of "
-        + ", ".join(
-            f"{p.name} (iteration {read_weights_metadata(p).get('seg_perception.iteration', '?')})"
-            for p in paths
-        ),
-    }
+    sources = ", ".join(
+        f"{p.name} (iteration {m.get(_META_ITERATION, '?')})"
+        for p, m in zip(paths, metas, strict=True)
+    )
+    meta = _weights_metadata(
+        model=metas[0].get(META_MODEL, ""),
+        switches=metas[0].get(META_SWITCHES, "{}"),
+        iteration="",
+        dtype=dtype,
+        source=f"average of {sources}",
+    )
     with atomic_path(out) as tmp:
         tmp.write_bytes(save(averaged, metadata=meta))
     return out
+
+
+_META_ITERATION = "seg_perception.iteration"
+
+
+def _weights_metadata(
+    *, model: str, switches: str, iteration: str, dtype: torch.dtype, source: str
+) -> dict[str, str]:
+    """The ``seg_perception.*`` header of an exported weights file (str -> str)."""
+    from seg_perception.networks.export import META_MODEL, META_SWITCHES
+
+    return {
+        META_MODEL: model,
+        META_SWITCHES: switches,
+        _META_ITERATION: iteration,
+        "seg_perception.dtype": str(dtype).removeprefix("torch."),
+        "seg_perception.source": source,
+    }
