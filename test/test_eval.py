@@ -212,6 +212,14 @@ def test_keyboard_interrupt_leaves_complete_partial_report(bag, pipeline, tmp_pa
     assert len(stamps) == 2
 
 
+def test_no_record_scores_the_same_and_writes_no_outputs_bag(bag, pipeline, evaluated, tmp_path):
+    metrics = evaluate_bag(bag, tmp_path, pipeline, progress=False, record=False)
+    assert not (tmp_path / "outputs.mcap").exists() and (tmp_path / "report.html").is_file()
+    assert metrics["topics"]["outputs"] == [] and evaluated[1]["topics"]["outputs"]
+    for key in ("semantic", "panoptic", "fusion", "mask_ap"):
+        assert metrics[key] == evaluated[1][key], key
+
+
 def test_default_topics_and_ambiguous_camera():
     topics = {
         "/front/image/compressed": "sensor_msgs/msg/CompressedImage",
@@ -348,6 +356,10 @@ def test_cli_source_options(bag, tmp_path, capsys):
     assert rc == 2 and "--live evaluates the running node on a bag" in capsys.readouterr().err
     rc = _main(bag, tmp_path / "o", "--live", "--tta", "multistep")
     assert rc == 2 and "neither --tta" in capsys.readouterr().err
+    rc = _main(bag, tmp_path / "o", "--live", "--no-record")
+    assert rc == 2 and "nor --no-record" in capsys.readouterr().err
+    rc = cli.main(["eval", "--cityscapes-root", str(tmp_path), "--no-record", "--out", "o"])
+    assert rc == 2 and "--no-record skips the outputs bag" in capsys.readouterr().err
 
 
 def test_cli_tta_runs_the_procedure_offline(bag, evaluated, tmp_path, capsys):

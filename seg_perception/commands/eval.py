@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(semantic and instance predictions, COCO-panoptic PNG + JSON of prediction and ground "
         "truth): what the official cityscapesscripts evaluations read",
     )
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="--bag: do not write OUT/outputs.mcap (the camera and every segmentation topic, "
+        "1-2 GB per 200 frames at 512x1024): metrics and report only, for sweeps of settings",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--live",
@@ -106,10 +112,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def run_live(args: argparse.Namespace) -> int:
     from seg_perception.eval.live import evaluate_live
 
-    if args.cityscapes_root is not None or args.tta != "none" or args.cityscapes:
+    if args.cityscapes_root is not None or args.tta != "none" or args.cityscapes or args.no_record:
         raise EvalArgumentError(
             "--live evaluates the running node on a bag: it takes --bag, and neither --tta (the "
-            "node never runs a test-time procedure) nor --cityscapes"
+            "node never runs a test-time procedure) nor --cityscapes nor --no-record (the node's "
+            "outputs are what it scores)"
         )
 
     overrides = split_key_values(args.set, "--set")  # as given: the node takes `-p key:=value`
@@ -149,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
     from seg_perception.labels import load_label_table
 
     cityscapes_dir = Path(args.out) / "cityscapes" if args.cityscapes else None
+    if args.no_record and args.bag is None:
+        raise EvalArgumentError(
+            "--no-record skips the outputs bag of a --bag evaluation; a --cityscapes-root "
+            "evaluation writes none"
+        )
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
         if args.bag is not None:
@@ -187,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
                 gt_instance_topic=args.gt_instance_topic,
                 progress=not args.no_progress,
                 cityscapes_dir=cityscapes_dir,
+                record=not args.no_record,
             )
         else:
             from seg_perception.eval.evaluate import evaluate_cityscapes

@@ -397,11 +397,14 @@ def evaluate_bag(
     progress: bool = True,
     write_report: bool = True,
     cityscapes_dir: str | Path | None = None,
+    record: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``pipeline`` on every camera frame of ``bag``; writes ``outputs.mcap``,
-    ``metrics.json`` and (``write_report``) ``report.md`` / ``report.html`` with PNG plots to
-    ``out_dir``; with ``cityscapes_dir`` also the frames in the Cityscapes layout
-    (:mod:`.cityscapes_export`, split ``val``, frame ``i`` named ``bag_000000_{i:06d}``).
+    """Evaluate ``pipeline`` on every camera frame of ``bag``; writes ``metrics.json``,
+    (``record``) ``outputs.mcap`` (the camera and every output topic: 1-2 GB per 200 frames at
+    512x1024, so a sweep of settings may skip it) and (``write_report``) ``report.md`` /
+    ``report.html`` with PNG plots to ``out_dir``; with ``cityscapes_dir`` also the frames in
+    the Cityscapes layout (:mod:`.cityscapes_export`, split ``val``, frame ``i`` named
+    ``bag_000000_{i:06d}``).
     Returns the metrics. A KeyboardInterrupt stops reading; everything is still written for the
     frames done (``frames.interrupted`` is true) and the interrupt re-raised.
     """
@@ -422,7 +425,7 @@ def evaluate_bag(
     )
     total = _count(bag, topics.camera)
     run = FrameEvaluation(pipeline, out_dir, cityscapes_dir=cityscapes_dir)
-    rec = _Recorder(run.out / "outputs.mcap", topics, panoptic)
+    rec = _Recorder(run.out / "outputs.mcap", topics, panoptic) if record else None
     gt: dict[str, dict[int, np.ndarray]] = {topics.gt_semantic: {}}
     if topics.gt_instance:
         gt[topics.gt_instance] = {}
@@ -442,7 +445,8 @@ def evaluate_bag(
                 f"{rgb.shape[1]}x{rgb.shape[0]}"
             )
         arrays = run.frame(rgb, frame_name(run.acc.frames), g_sem, g_inst)
-        rec.write(stamp, raw, msg.header, arrays)
+        if rec is not None:
+            rec.write(stamp, raw, msg.header, arrays)
 
     def ready(key: int) -> bool:
         return all(key in d for d in gt.values())
@@ -478,16 +482,18 @@ def evaluate_bag(
         interrupted = True
     except BaseException:
         bar.close()
-        rec.bag.abort()
+        if rec is not None:
+            rec.bag.abort()
         raise
     bar.close()
-    rec.bag.close()
+    if rec is not None:
+        rec.bag.close()
     source = {
         "topics": {
             "camera": topics.camera,
             "gt_semantic": topics.gt_semantic,
             "gt_instance": topics.gt_instance,
-            "outputs": sorted(rec.topics),
+            "outputs": sorted(rec.topics) if rec is not None else [],
         }
     }
     metrics = run.finish(
