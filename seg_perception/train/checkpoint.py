@@ -25,6 +25,13 @@ from torch import Tensor
 
 from seg_perception.atomic import atomic_path, write_text_atomic
 from seg_perception.errors import SegError
+from seg_perception.networks.export import (
+    META_MODEL,
+    META_SWITCHES,
+    describe_load_error,
+    read_state_dict,
+    read_weights_metadata,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -38,6 +45,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "seg_perception.train/1"
+#: the exported file's training iteration (metadata key; "" for an average)
+_META_ITERATION = "seg_perception.iteration"
 NET_PREFIX = "net."  # the trainer's module holds the network as ``net`` (and training-only parts)
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
 
@@ -88,8 +97,6 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as err:
-        from seg_perception.networks.export import describe_load_error
-
         raise CheckpointError(f"cannot read checkpoint {p}: {describe_load_error(err)}") from err
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint")
@@ -195,13 +202,6 @@ def average_weights(
     """
     from safetensors.torch import save
 
-    from seg_perception.networks.export import (
-        META_MODEL,
-        META_SWITCHES,
-        read_state_dict,
-        read_weights_metadata,
-    )
-
     paths = [Path(p) for p in inputs]
     if len(paths) < 2:
         raise CheckpointError(f"average_weights: give two or more weight files, got {len(paths)}")
@@ -253,15 +253,10 @@ def average_weights(
     return out
 
 
-_META_ITERATION = "seg_perception.iteration"
-
-
 def _weights_metadata(
     *, model: str, switches: str, iteration: str, dtype: torch.dtype, source: str
 ) -> dict[str, str]:
     """The ``seg_perception.*`` header of an exported weights file (str -> str)."""
-    from seg_perception.networks.export import META_MODEL, META_SWITCHES
-
     return {
         META_MODEL: model,
         META_SWITCHES: switches,
