@@ -41,6 +41,7 @@ __all__ = [
     "find_latest_checkpoint",
     "load_checkpoint",
     "network_state_dict",
+    "read_network_weights",
     "save_checkpoint",
 ]
 
@@ -135,6 +136,15 @@ def network_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The network's part of the trainer module's state dict (``net.*`` keys, prefix removed)."""
     net = {k[len(NET_PREFIX) :]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
     return net or dict(state)
+
+
+def read_network_weights(path: str | Path) -> dict[str, Tensor]:
+    """The network's tensors from a trainer checkpoint (its ``net.*`` part) or from a plain
+    weights file (``.safetensors`` / ``.pt`` state dict); unreadable files name the file."""
+    try:
+        return network_state_dict(load_checkpoint(path)["model"])
+    except CheckpointError:
+        return read_state_dict(path)
 
 
 def export_weights(

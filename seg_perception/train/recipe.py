@@ -62,13 +62,17 @@ def _f(
 @dataclass(frozen=True)
 class ModelSection:
     """``name``: a key of ``MODEL_BUILDERS``; ``switches``: keyword arguments of its builder;
-    ``init_weights``: a state dict file loaded before training (fine-tuning); ``scl_features``:
+    ``init_weights``: a state dict file loaded before training (fine-tuning); ``init_widen``:
+    ``init_weights`` is of a narrower network of the same model (e.g. ``width`` 0.5 into 0.75),
+    embedded so that the wider net starts computing the narrower one's function
+    (:func:`seg_perception.networks.widen.widen_state_dict`); ``scl_features``:
     dotted name of the module whose *input* feeds the SCL similarity subnet (default: the top
     classifier of the net)."""
 
     name: str = _f("gun")
     switches: dict[str, Any] = field(default_factory=dict)
     init_weights: str = _f("")
+    init_widen: bool = _f(False)
     scl_features: str = _f("")
 
 
@@ -303,6 +307,10 @@ def parse_recipe(doc: Mapping[str, Any], *, source: str = "<recipe>") -> TrainRe
         raise ConfigError(
             f"{source}: 'model.name' must be one of {', '.join(sorted(MODEL_BUILDERS))}, "
             f"got {recipe.model.name!r}"
+        )
+    if recipe.model.init_widen and not recipe.model.init_weights:
+        raise ConfigError(
+            f"{source}: 'model.init_widen' needs 'model.init_weights' (the narrow file)"
         )
     if not recipe.data.train:
         raise ConfigError(f"{source}: 'data.train' needs at least one dataset")

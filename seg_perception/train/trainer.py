@@ -30,6 +30,7 @@ from seg_perception.train.checkpoint import (
     find_latest_checkpoint,
     load_checkpoint,
     network_state_dict,
+    read_network_weights,
     save_checkpoint,
 )
 from seg_perception.train.modules import PanopticTrainModule, SemanticTrainModule
@@ -120,11 +121,16 @@ class Trainer:
     def _build_module(self) -> nn.Module:
         from seg_perception.networks import build_model
         from seg_perception.networks.export import load_weights
+        from seg_perception.networks.widen import widen_into
 
         r = self.recipe
         torch.manual_seed(r.run.seed)  # identical initial weights on every rank
         net = build_model(r.model.name, **r.model.switches)
-        if r.model.init_weights:
+        if r.model.init_weights and r.model.init_widen:
+            narrow = read_network_weights(r.model.init_weights)
+            widen_into(net, narrow, source=r.model.init_weights)
+            log.info("model.init_widen: %s embedded in the wider network", r.model.init_weights)
+        elif r.model.init_weights:
             try:  # a trainer checkpoint (its net.* part) ...
                 state = network_state_dict(load_checkpoint(r.model.init_weights)["model"])
                 net.load_state_dict(state)
