@@ -27,6 +27,7 @@ PAPER_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
 )
 # Width-reduced semantic nets for the CPU / the shipped-weights budget (issue 6), at 512x1024.
 CPU_CONFIGS: tuple[tuple[str, str, dict[str, Any], tuple[int, int]], ...] = (
+    ("GUN width 0.75 (shipped)", "gun", {"width": 0.75}, (512, 1024)),
     ("GUN width 0.5", "gun", {"width": 0.5}, (512, 1024)),
     ("GUN width 0.375", "gun", {"width": 0.375}, (512, 1024)),
     (
