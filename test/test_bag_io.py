@@ -192,3 +192,17 @@ def test_synth_command_writes_bag_and_cityscapes(tmp_path, capsys):
     assert (tmp_path / "cs/gtFine/train/synth/synth_000000_000000_gtFine_labelIds.png").is_file()
     assert run_synth(parser.parse_args(["--frames", "0", "--out", str(tmp_path / "x")])) == 2
     assert "--frames" in capsys.readouterr().err
+
+
+def test_synth_command_rejects_bad_cityscapes_names_before_writing(tmp_path, capsys):
+    parser = add_synth_arguments(argparse.ArgumentParser())
+    base = ["--out", str(tmp_path / "cs"), "--format", "cityscapes", "--camera", "32x64"]
+    bad_city = parser.parse_args([*base, "--frames", "1", "--city", "synth_1"])
+    assert run_synth(bad_city) == 2
+    err = capsys.readouterr().err
+    assert "city name" in err and "'synth_1'" in err
+    # the last frame's number would pass 999999: refused before the first frame is written
+    too_far = parser.parse_args([*base, "--frames", "2", "--start", "999999"])
+    assert run_synth(too_far) == 2
+    assert "999999" in capsys.readouterr().err
+    assert not (tmp_path / "cs" / "leftImg8bit").exists()

@@ -139,3 +139,15 @@ def test_cityscapes_folder_layout_and_encodings(tmp_path, frames16):
     assert inst.dtype == np.uint16 and np.array_equal(inst.astype(np.int32), f.instance)
     color = cv2.cvtColor(cv2.imread(str(paths.color), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.all(color[road] == (128, 64, 128))
+
+
+def test_cityscapes_folder_bad_city_fails_before_the_first_frame(tmp_path):
+    drawn = []
+
+    def frames():
+        drawn.append(1)
+        yield generate_frame(seed=0, index=0, height=32, width=64)
+
+    with pytest.raises(ValueError, match="city name"):
+        write_cityscapes_folder(tmp_path, frames(), city="bad city")
+    assert drawn == [] and not any(tmp_path.iterdir())

@@ -13,7 +13,7 @@ import sys
 from seg_perception.cli_paths import OutputDir
 from seg_perception.config import hw_argument
 from seg_perception.data.bag_io import DEFAULT_START_NS, BagError, write_synth_bag
-from seg_perception.data.cityscapes_io import write_cityscapes_folder
+from seg_perception.data.cityscapes_io import frame_name, write_cityscapes_folder
 from seg_perception.data.synth import generate_frames
 
 
@@ -59,6 +59,14 @@ def run_synth(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.format == "cityscapes":
+        # check the names of the first and the last frame before anything is drawn or written
+        try:
+            for index in (args.start, args.start + args.frames - 1):
+                frame_name(args.city, args.seed % 1_000_000, index)
+        except ValueError as exc:
+            print(f"synth: --city / --start / --frames: {exc}", file=sys.stderr)
+            return 2
     frames = generate_frames(
         args.frames, seed=args.seed, height=height, width=width, start=args.start
     )

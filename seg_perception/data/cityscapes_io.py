@@ -149,6 +149,7 @@ def write_cityscapes_folder(
 
     A frame's number in its name is its ``index``; ``sequence`` is the middle number.
     """
+    frame_name(city, sequence, 0)  # a bad city or sequence fails before the first frame
     names = []
     for f in tqdm(frames, desc="cityscapes", unit="frame", total=total, disable=not progress):
         p = write_cityscapes_frame(
