@@ -59,11 +59,12 @@ def run_synth(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    sequence = args.seed % 1_000_000  # the Cityscapes name's middle number
     if args.format == "cityscapes":
         # check the names of the first and the last frame before anything is drawn or written
         try:
             for index in (args.start, args.start + args.frames - 1):
-                frame_name(args.city, args.seed % 1_000_000, index)
+                frame_name(args.city, sequence, index)
         except ValueError as exc:
             print(f"synth: --city / --start / --frames: {exc}", file=sys.stderr)
             return 2
@@ -94,7 +95,7 @@ def run_synth(args: argparse.Namespace) -> int:
                 frames,
                 split=args.split,
                 city=args.city,
-                sequence=args.seed % 1_000_000,
+                sequence=sequence,
                 progress=not args.quiet,
                 total=args.frames,
             )
