@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RunLog", "parameter_digest", "plain"]
+__all__ = [
+    "RunLog",
+    "logged_seconds_per_iteration",
+    "parameter_digest",
+    "plain",
+    "planned_iterations",
+]
 
 
 class RunLog:
@@ -115,3 +121,36 @@ def plain(v: Any) -> Any:
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
     return str(v)
+
+
+def logged_seconds_per_iteration(log_path: str | Path, *, first: int = 20) -> float:
+    """Mean ``seconds_per_iteration`` of a run's ``log.jsonl`` train entries from iteration
+    ``first`` on (the earlier ones include start-up: workers, allocator, kernel selection)."""
+    path = Path(log_path)
+    values = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not a JSON line ({err.msg})") from err
+            train = entry.get("train") if isinstance(entry, dict) else None
+            if isinstance(train, dict) and entry.get("iteration", -1) >= first:
+                seconds = train.get("seconds_per_iteration")
+                if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0:
+                    values.append(float(seconds))
+    if not values:
+        raise ValueError(
+            f"{path}: no train entry with seconds_per_iteration at iteration >= {first}"
+        )
+    return sum(values) / len(values)
+
+
+def planned_iterations(
+    log_path: str | Path, seconds: float, *, fraction: float = 0.85, first: int = 20
+) -> int:
+    """Iterations that fill ``fraction`` of ``seconds`` at the pace a calibration run logged
+    (the rest of the window is left to validations and checkpoints)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return max(0, int(fraction * seconds / logged_seconds_per_iteration(log_path, first=first)))
