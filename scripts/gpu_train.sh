@@ -31,6 +31,8 @@ BUDGET=${BUDGET:-560}
 CAL_ITERS=${CAL_ITERS:-40}
 MIN_ITERS=${MIN_ITERS:-200}
 DEVICE=${DEVICE:-cuda}
+GUN_SEED=${GUN_SEED:-41}
+ASP_SEED=${ASP_SEED:-42}
 
 # GUN: full 512x1024 frames (crop = frame size) at scale 0.75-1.5: the GPU is idle while CPUs
 # render, so each rendered frame is used whole, not a 256x512 quarter of it. fp32 (TF32 convs):
@@ -41,15 +43,15 @@ GUN=(--config config/train/gun_synth.yaml --no-progress --set
      "model.init_weights=${GUN_INIT:-models/gun_synth.safetensors}"
      'augment.scale=[0.75, 1.5]' 'augment.crop=[512, 1024]' "data.batch_size=${GUN_BATCH:-16}"
      "data.workers=${GUN_WORKERS:-9}" optim.amp=false "optim.lr=${GUN_LR:-0.008}"
-     "run.device=$DEVICE" run.threads=2 "data.train.train.seed=${GUN_SEED:-41}" data.train.train.cache=false
-     "run.seed=${GUN_SEED:-41}" run.log_every=10)
+     "run.device=$DEVICE" run.threads=2 "data.train.train.seed=$GUN_SEED" "run.seed=$GUN_SEED"
+     data.train.train.cache=false run.log_every=10)
 # The ASP model as the shipped file is built (backbone width 0.625); the recipe's fp32.
 ASP=(--config config/train/asp_synth.yaml --no-progress --set
      "model.init_weights=${ASP_INIT:-models/asp_synth.safetensors}"
      model.switches.backbone_width=0.625 "data.batch_size=${ASP_BATCH:-8}"
      "data.workers=${ASP_WORKERS:-4}" "optim.lr=${ASP_LR:-0.006}" "run.device=$DEVICE"
-     run.threads=2 "data.train.train.seed=${ASP_SEED:-42}" data.train.train.cache=false "run.seed=${ASP_SEED:-42}"
-     run.log_every=10)
+     run.threads=2 "data.train.train.seed=$ASP_SEED" "run.seed=$ASP_SEED"
+     data.train.train.cache=false run.log_every=10)
 TRAIN=("$PY" -m seg_perception.train)
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -80,9 +82,10 @@ wait $P1 || tail -n 25 "$OUT/cal_gun.log"
 wait $P2 || tail -n 25 "$OUT/cal_asp.log"
 # 45 s stay for the final validations and the exports.
 WINDOW=$(( BUDGET - $(elapsed) - 45 ))
-plan() {  # iterations that fit 85 % of the window (validations and checkpoints take the rest)
+plan() {  # iterations that fit 85 % of the window (validations and checkpoints take the rest);
+  # 0 (that network is skipped) where its calibration log cannot tell, with the reason on stderr
   "$PY" -c "from seg_perception.train.runlog import planned_iterations as p
-print(p('$1', $WINDOW))" 2>/dev/null || echo 0
+print(p('$1', $WINDOW))" || echo 0
 }
 LG=$(plan "$OUT/cal_gun/log.jsonl")
 LA=$(plan "$OUT/cal_asp/log.jsonl")
