@@ -156,3 +156,18 @@ def test_bench_helpers() -> None:
         {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, warmup=1, pause=0.0
     )
     assert order == ["a", "b"] + ["a", "b"] * 3 and all(len(v) == 3 for v in times.values())
+
+
+def test_gflops_counted_on_meta_for_both_gum_samplings() -> None:
+    # Bilinear sampling lists boundary pixels with nonzero (a data-dependent size, which meta
+    # tensors cannot know); the count is the network's convs either way, and it is not zero.
+    from seg_perception.engines.bench_measure import count_gflops
+    from seg_perception.networks import build_model
+
+    hw = (64, 128)
+    counts = {
+        mode: count_gflops(lambda m=mode: build_model("gun", width=0.25, sampling=m), hw)
+        for mode in ("nearest", "bilinear")
+    }
+    assert counts["nearest"] > 0.01
+    assert counts["bilinear"] == pytest.approx(counts["nearest"])

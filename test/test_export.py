@@ -101,6 +101,27 @@ def test_onnx_gun_matches_pytorch(gun: GUN, tmp_path: Path) -> None:
     assert rel <= 1e-4
 
 
+def test_onnx_gun_bilinear_sampling_matches_pytorch(tmp_path: Path) -> None:
+    # Eq. 4 sampling exports as the sparse blend of gum.guided_ids (NonZero over the pixels
+    # whose source cells disagree), not as a K-channel GridSample of the logits.
+    torch.manual_seed(2)
+    model = build_gun(sampling="bilinear").eval()
+    assert model.guidance is not None
+    with torch.no_grad():
+        model.guidance.head.weight.normal_(0.0, 0.3)
+    path = export_onnx(model, tmp_path / "gun_bilinear.onnx", input_hw=(H, W))
+    graph = onnx.load(str(path)).graph
+    assert any(n.op_type == "NonZero" for n in graph.node)
+    img = _image(2)
+    ids, conf = _session(path).run(None, {"image": img.numpy()})
+    with torch.no_grad():
+        ids_t, conf_t = SemanticExport(model)(img)
+        logits_t = SemanticExport(model, export_logits=True)(img)
+    assert (ids == ids_t.numpy()).mean() >= 0.999
+    assert (ids == logits_t.argmax(1).numpy()).mean() >= 0.999
+    np.testing.assert_allclose(conf, conf_t.numpy(), atol=1e-4)
+
+
 def test_export_static_batch_and_errors(gun: GUN, tmp_path: Path) -> None:
     path = export_onnx(
         gun,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from seg_perception.networks import build_model
 from seg_perception.networks.drn import build_drn_d22
+from seg_perception.networks.gum import guided_ids
 from seg_perception.networks.gun import (
     DECODERS,
     ENCODERS,
@@ -198,7 +199,54 @@ def test_forward_ids_matches_argmax(switches: dict[str, str]) -> None:
     assert offsets is not None and offsets.abs().max() > 0.5  # the guidance really steers
     assert ids.dtype == torch.uint8 and ids.shape == (2, H, W)
     assert torch.equal(ids, logits.argmax(1).to(torch.uint8))  # 100 % of the pixels
-    torch.testing.assert_close(conf, logits.softmax(1).amax(1))
+    if switches.get("sampling") != "bilinear":  # bilinear: see test_guided_ids_bilinear_*
+        torch.testing.assert_close(conf, logits.softmax(1).amax(1))
+    assert ((conf > 0) & (conf <= 1)).all()
+
+
+def _source_cells(offsets: torch.Tensor, in_hw: tuple[int, int]) -> list[torch.Tensor]:
+    """Flat low-res indices ``(N, H, W)`` of the 2x2 cells eq. 4 blends for each output pixel,
+    computed independently of gum: pixel-centre grid + offsets, clamped to the map."""
+    h, w = in_hw
+    out_h, out_w = offsets.shape[-2:]
+    xs = (torch.arange(out_w, dtype=torch.float64) + 0.5) * w / out_w - 0.5
+    ys = (torch.arange(out_h, dtype=torch.float64) + 0.5) * h / out_h - 0.5
+    x = (xs.view(1, 1, -1) + offsets[:, 0].double()).clamp(0, w - 1)
+    y = (ys.view(1, -1, 1) + offsets[:, 1].double()).clamp(0, h - 1)
+    x0, y0 = x.floor().long(), y.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    return [yy * w + xx for yy, xx in ((y0, x0), (y0, x1), (y1, x0), (y1, x1))]
+
+
+@pytest.mark.parametrize(
+    "n, k, h, w, out, spread", [(2, 19, 8, 16, (64, 128), 1.5), (1, 5, 7, 9, (30, 41), 3.0)]
+)
+def test_guided_ids_bilinear_is_the_argmax_of_eq4(
+    n: int, k: int, h: int, w: int, out: tuple[int, int], spread: float
+) -> None:
+    # Piecewise-constant class regions plus noise: large areas where the 2x2 source cells
+    # agree, boundaries where they do not; offsets that also leave the map (border clamping).
+    blocks = torch.randn(n, k, max(h // 3, 1), max(w // 3, 1)) * 4
+    low = F.interpolate(blocks, size=(h, w), mode="nearest") + 0.5 * torch.randn(n, k, h, w)
+    offsets = spread * torch.randn(n, 2, *out)
+    ref = guided_upsample(low, offsets, size=out, mode="bilinear")
+    ids, conf = guided_ids(low, offsets, size=out, mode="bilinear")
+    assert ids.dtype == torch.uint8 and ids.shape == (n, *out) and conf.shape == (n, *out)
+    assert torch.equal(ids, ref.argmax(1).to(torch.uint8))  # every pixel, both batch items
+    # Confidence: the blend's max probability where the 2x2 cells disagree on the argmax, the
+    # nearest cell's elsewhere (as in nearest mode).
+    cells = _source_cells(offsets, (h, w))
+    amax = low.argmax(1).flatten(1)
+    cell_ids = [amax.gather(1, c.flatten(1)).view(n, *out) for c in cells]
+    mixed = (
+        (cell_ids[0] != cell_ids[1]) | (cell_ids[0] != cell_ids[2]) | (cell_ids[0] != cell_ids[3])
+    )
+    assert 0.02 < mixed.float().mean() < 0.9  # both kinds of pixel are exercised
+    torch.testing.assert_close(conf[mixed], ref.softmax(1).amax(1)[mixed])
+    _, near_conf = guided_ids(low, offsets, size=out, mode="nearest")
+    torch.testing.assert_close(conf[~mixed], near_conf[~mixed])
+    with pytest.raises(ValueError, match="bicubic"):
+        guided_ids(low, offsets, size=out, mode="bicubic")
 
 
 def test_forward_ids_bilinear_decoder() -> None:

@@ -107,4 +107,9 @@ def count_gflops(module_fn: Callable[[], Any], hw: tuple[int, int]) -> float:
         with torch.inference_mode():
             return net.forward_ids(x) if hasattr(net, "forward_ids") else net(x)
 
-    return counted_gflops(forward)
+    # Meta tensors hold no values: a data-dependent size (GUN's bilinear ids blend the pixels
+    # that ``nonzero`` lists) is taken as its maximum; that part has no conv or matmul anyway.
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(meta_nonzero_assume_all_nonzero=True):
+        return counted_gflops(forward)

@@ -41,7 +41,9 @@ __all__ = [
 CACHE_ENV = "SEG_PERCEPTION_CACHE_DIR"
 #: bump when the export code changes in a way that changes the ONNX graph for the same inputs.
 #: 2: GUN's fusion sum as Add, its /4 input pooled from /2, the GUM grid scaled plane-wise.
-EXPORT_FORMAT = 2
+#: 3: GUN's class ids through ``gum.guided_ids`` (bilinear sampling: the blend only where the 2x2
+#: source cells disagree, instead of a K-channel GridSample and a full-resolution softmax).
+EXPORT_FORMAT = 3
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from seg_perception.networks.drn import DRN, init_conv_bn
 from seg_perception.networks.export import load_weights
-from seg_perception.networks.gum import GuidedLogits, guided_logits, guided_upsample
+from seg_perception.networks.gum import GuidedLogits, guided_ids, guided_logits, guided_upsample
 from seg_perception.networks.layers import (
     BranchBatchNorm2d,
     ConvBNReLU,
@@ -319,21 +319,17 @@ class GUN(nn.Module):
     def forward_ids(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """-> (class ids ``uint8 (N, H, W)``, max softmax probability ``float (N, H, W)``).
 
-        With GUM + nearest sampling the argmax and the confidence are taken at low resolution
-        and sampled with the same guided grid: every output pixel copies one low-res logit
-        vector, so this equals ``forward(x).argmax(1)`` exactly without materialising the
-        ``(N, K, H, W)`` logits.
-        Otherwise (bilinear decoder or sampling) the logits are upsampled first.
+        With GUM the ids equal ``forward(x).argmax(1)`` without materialising the
+        ``(N, K, H, W)`` logits (:func:`~seg_perception.networks.gum.guided_ids`: nearest
+        sampling copies low-res argmaxes; bilinear sampling blends logit vectors only where the
+        2x2 source cells disagree). With the bilinear decoder the logits are upsampled first.
         """
         size = (int(x.shape[-2]), int(x.shape[-1]))
         low, offsets = self.forward_parts(x)
-        if offsets is None or self.sampling != "nearest":
+        if offsets is None:
             logits = self._upsample(low, offsets, size)
             return logits.argmax(1).to(torch.uint8), logits.softmax(1).amax(1)
-        ids = low.argmax(1, keepdim=True).to(low.dtype)
-        conf = low.softmax(1).amax(1, keepdim=True)
-        both = guided_upsample(torch.cat([ids, conf], 1), offsets, size=size, mode="nearest")
-        return both[:, 0].round().to(torch.uint8), both[:, 1]
+        return guided_ids(low, offsets, size=size, mode=self.sampling)
 
 
 def _check(name: str, value: str, valid: tuple[str, ...] | dict) -> None:

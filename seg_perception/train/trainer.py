@@ -379,8 +379,9 @@ class Trainer:
                 it = run.result.iterations = it + 1
                 loss = float(terms["loss"])
                 run.result.losses.append((it, loss))
-                seconds = run.log.iteration_done(loss, lr, plan.name)
+                run.log.iteration_done(loss, lr, plan.name)
                 if it % r.run.log_every == 0 or it == plan.end:
+                    seconds = run.log.window_seconds_per_iteration()
                     scalars = {**terms, "lr": lr, "seconds_per_iteration": seconds}
                     run.log.scalars("train", scalars, it)
                 if (r.run.checkpoint_every and it % r.run.checkpoint_every == 0) or it == plan.end:
