@@ -234,7 +234,7 @@ def test_guided_ids_bilinear_is_the_argmax_of_eq4(
     assert ids.dtype == torch.uint8 and ids.shape == (n, *out) and conf.shape == (n, *out)
     assert torch.equal(ids, ref.argmax(1).to(torch.uint8))  # every pixel, both batch items
     # Confidence: the blend's max probability where the 2x2 cells disagree on the argmax, the
-    # nearest cell's elsewhere (as in nearest mode).
+    # top-left cell's elsewhere.
     cells = _source_cells(offsets, (h, w))
     amax = low.argmax(1).flatten(1)
     cell_ids = [amax.gather(1, c.flatten(1)).view(n, *out) for c in cells]
@@ -243,8 +243,8 @@ def test_guided_ids_bilinear_is_the_argmax_of_eq4(
     )
     assert 0.02 < mixed.float().mean() < 0.9  # both kinds of pixel are exercised
     torch.testing.assert_close(conf[mixed], ref.softmax(1).amax(1)[mixed])
-    _, near_conf = guided_ids(low, offsets, size=out, mode="nearest")
-    torch.testing.assert_close(conf[~mixed], near_conf[~mixed])
+    cell_conf = low.softmax(1).amax(1).flatten(1).gather(1, cells[0].flatten(1)).view(n, *out)
+    torch.testing.assert_close(conf[~mixed], cell_conf[~mixed])
     with pytest.raises(ValueError, match="bicubic"):
         guided_ids(low, offsets, size=out, mode="bicubic")
 

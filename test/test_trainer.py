@@ -439,7 +439,11 @@ def test_average_weights_is_the_mean_of_files_of_one_network(tmp_path: Path, cap
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-1, 1)
         state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-        meta = {META_MODEL: model, META_SWITCHES: json.dumps({"width": width}), "x": "1"}
+        # the same switches written in another key order by the second file: one network
+        switches = {"width": width, "sampling": "nearest"}
+        if seed == 2:
+            switches = dict(reversed(switches.items()))
+        meta = {META_MODEL: model, META_SWITCHES: json.dumps(switches), "x": "1"}
         save_file(state, str(tmp_path / name), metadata=meta)
         return tmp_path / name
 

@@ -43,7 +43,9 @@ CACHE_ENV = "SEG_PERCEPTION_CACHE_DIR"
 #: 2: GUN's fusion sum as Add, its /4 input pooled from /2, the GUM grid scaled plane-wise.
 #: 3: GUN's class ids through ``gum.guided_ids`` (bilinear sampling: the blend only where the 2x2
 #: source cells disagree, instead of a K-channel GridSample and a full-resolution softmax).
-EXPORT_FORMAT = 3
+#: 4: bilinear ``guided_ids`` samples once (the top-left cell's id, or -1 where the 2x2 cells
+#: disagree, and its confidence, on a grid shifted in its constant part).
+EXPORT_FORMAT = 4
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _sampling_grid(offsets: Tensor, in_hw: tuple[int, int]) -> Tensor:
+def _sampling_grid(offsets: Tensor, in_hw: tuple[int, int], *, shift: float = 0.0) -> Tensor:
     """Regular upsampling grid + guidance offsets, in ``grid_sample``'s normalised coordinates.
 
     Eq. 1 maps target pixel ``x_t`` to source ``x_s``; we use pixel centres,
@@ -21,14 +21,15 @@ def _sampling_grid(offsets: Tensor, in_hw: tuple[int, int]) -> Tensor:
     ``F.interpolate``), and add the offset ``p`` (pixels of the ``w``-wide input map).
     ``grid_sample(align_corners=False)`` reads a normalised ``g`` at pixel ``((g + 1) * w - 1)/2``,
     so ``g = (2 * x_t + 1) / W - 1 + 2 * p / w``: the output's pixel-centre grid plus ``2p/w``.
-    Returns ``(N, H, W, 2)`` (x, y).
+    ``shift`` moves every source point by that many input pixels up and left (in the constant
+    grid, so it costs nothing per frame). Returns ``(N, H, W, 2)`` (x, y).
     """
     H, W = offsets.shape[-2:]
     h, w = in_hw
     offsets = offsets.float()  # bf16/fp16 coordinates near +-1 are coarser than a pixel
     dt, dev = offsets.dtype, offsets.device
-    gx = (torch.arange(W, dtype=dt, device=dev) * 2 + 1) / W - 1
-    gy = (torch.arange(H, dtype=dt, device=dev) * 2 + 1) / H - 1
+    gx = (torch.arange(W, dtype=dt, device=dev) * 2 + 1) / W - 1 - 2 * shift / w
+    gy = (torch.arange(H, dtype=dt, device=dev) * 2 + 1) / H - 1 - 2 * shift / h
     base = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)  # (H, W, 2) as x, y
     # Scale per channel in (N, 2, H, W), then move the channel last: the same products as scaling
     # the (N, H, W, 2) table, but a broadcast over whole planes instead of over pairs (ONNX
@@ -132,50 +133,51 @@ def guided_ids(
       and the max softmax probability are taken at low resolution and sampled with the grid.
     * ``"bilinear"`` (eq. 4): an output pixel blends the logit vectors of its 2x2 source cells.
       Where all four cells have the same argmax ``c``, the blend's argmax is ``c`` too (a convex
-      combination of vectors that each peak at ``c``), so those pixels are sampled like the
-      nearest mode, from the top-left cell of their 2x2 block. Only the pixels whose block
-      disagrees (object boundaries: 6-12 % of a 512x1024 street frame at stride 16) get the
-      blend, computed on that sparse list. Their confidence is the blend's max softmax
-      probability; elsewhere it is the nearest cell's (the blend's would cost a full-resolution
-      softmax). In ONNX Runtime this is ~15x cheaper than ``GridSample`` of all K channels.
+      combination of vectors that each peak at ``c``), so those pixels copy the id and the max
+      softmax probability of the block's top-left cell. Only the pixels whose block disagrees
+      (object boundaries: 6-12 % of a 512x1024 street frame at stride 16) get the blend,
+      computed on that sparse list, and its max softmax probability as confidence (the blend's
+      everywhere would cost a full-resolution softmax). One two-channel ``GridSample`` (the
+      block's id, or -1 where it disagrees, and the confidence) as in the nearest mode, then
+      the sparse blend: in ONNX Runtime ~15x cheaper than ``GridSample`` of all K channels.
     """
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"guided_ids: invalid mode={mode!r}; valid: nearest, bilinear")
     _check_offsets(offsets, size)
     low = _fp32(logits)
     n, k, h, w = low.shape
-    grid = _sampling_grid(offsets, (h, w))
     amax = low.argmax(1, keepdim=True).to(low.dtype)
     conf = low.softmax(1).amax(1, keepdim=True)
-    nearest = F.grid_sample(
-        torch.cat([amax, conf], 1), grid, "nearest", "border", align_corners=False
-    )
     if mode == "nearest":
+        grid = _sampling_grid(offsets, (h, w))
+        nearest = F.grid_sample(
+            torch.cat([amax, conf], 1), grid, "nearest", "border", align_corners=False
+        )
         return nearest[:, 0].round().to(torch.uint8), nearest[:, 1]
     # Per low-res cell (i, j): does the 2x2 block (i..i+1, j..j+1) hold more than one argmax?
     # The last row / column repeat (border clamping gives those pixels one source row / column).
+    # A block's code is its top-left cell's argmax where the four agree, -1 where they do not
+    # (those pixels get the blend's argmax below).
     a = F.pad(amax, (0, 1, 0, 1), mode="replicate")
     top = a[:, :, :-1, :-1]
     mixed = (top != a[:, :, :-1, 1:]) | (top != a[:, :, 1:, :-1]) | (top != a[:, :, 1:, 1:])
-    # Half a low-res pixel up-left turns nearest rounding into the floor of the source point,
-    # i.e. the block's top-left cell (an exact .5 tie may round down: that block still holds
-    # both source cells).
-    shift = torch.tensor([1.0 / w, 1.0 / h], dtype=grid.dtype, device=grid.device)
+    code = torch.where(mixed, -1.0, top)
+    # Source points half a low-res pixel up-left: nearest rounding becomes the floor of the
+    # true source point, i.e. the block's top-left cell (an exact .5 tie may round down: that
+    # block still holds both source cells).
+    grid = _sampling_grid(offsets, (h, w), shift=0.5)
     block = F.grid_sample(
-        torch.cat([top, mixed.to(low.dtype)], 1),
-        grid - shift,
-        "nearest",
-        "border",
-        align_corners=False,
+        torch.cat([code, conf], 1), grid, "nearest", "border", align_corners=False
     )
     ids = block[:, 0].round().reshape(-1)
-    conf_flat = nearest[:, 1].reshape(-1)
-    todo = (block[:, 1] > 0.5).reshape(-1).nonzero().squeeze(1)
-    # Eq. 4 on the listed pixels: source point clamped to the map (padding "border"), its 2x2
-    # cells and bilinear weights, the K-vectors gathered from a (N*h*w, K) table.
+    conf_flat = block[:, 1].reshape(-1)
+    todo = (ids < 0).nonzero().squeeze(1)
+    # Eq. 4 on the listed pixels: source point (the shifted grid's plus half a pixel) clamped to
+    # the map (padding "border"), its 2x2 cells and bilinear weights, the K-vectors gathered
+    # from a (N*h*w, K) table.
     g = grid.reshape(-1, 2)[todo]
-    x = (((g[:, 0] + 1.0) * w - 1.0) * 0.5).clamp(0.0, w - 1.0)
-    y = (((g[:, 1] + 1.0) * h - 1.0) * 0.5).clamp(0.0, h - 1.0)
+    x = ((g[:, 0] + 1.0) * (0.5 * w)).clamp(0.0, w - 1.0)
+    y = ((g[:, 1] + 1.0) * (0.5 * h)).clamp(0.0, h - 1.0)
     x0, y0 = x.floor(), y.floor()
     fx, fy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
     x0i, y0i = x0.long(), y0.long()

@@ -31,6 +31,7 @@ from seg_perception.networks.export import (
     describe_load_error,
     read_state_dict,
     read_weights_metadata,
+    stored_switches,
 )
 
 __all__ = [
@@ -220,14 +221,15 @@ def average_weights(
         if p.suffix != ".safetensors":
             raise CheckpointError(f"average_weights: {p} is not a .safetensors file")
     metas = [read_weights_metadata(p) for p in paths]
+    nets = [stored_switches(p) for p in paths]  # (model, switches): compared parsed, not as text
     first = read_state_dict(paths[0])
     sums = {k: v.float() for k, v in first.items() if v.is_floating_point()}
-    for p, meta in zip(paths[1:], metas[1:], strict=True):
-        for key in (META_MODEL, META_SWITCHES):
-            if meta.get(key) != metas[0].get(key):
+    for p, net in zip(paths[1:], nets[1:], strict=True):
+        for key, mine, theirs in zip((META_MODEL, META_SWITCHES), net, nets[0], strict=True):
+            if mine != theirs:
                 raise CheckpointError(
-                    f"average_weights: {p} has {key} {meta.get(key)!r}, {paths[0]} has "
-                    f"{metas[0].get(key)!r}: only files of one network can be averaged"
+                    f"average_weights: {p} has {key} {mine!r}, {paths[0]} has "
+                    f"{theirs!r}: only files of one network can be averaged"
                 )
         tensors = read_state_dict(p)
         if tensors.keys() != first.keys():
