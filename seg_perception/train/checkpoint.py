@@ -225,12 +225,11 @@ def average_weights(
     first = read_state_dict(paths[0])
     sums = {k: v.float() for k, v in first.items() if v.is_floating_point()}
     for p, net in zip(paths[1:], nets[1:], strict=True):
-        for key, mine, theirs in zip((META_MODEL, META_SWITCHES), net, nets[0], strict=True):
-            if mine != theirs:
-                raise CheckpointError(
-                    f"average_weights: {p} has {key} {mine!r}, {paths[0]} has "
-                    f"{theirs!r}: only files of one network can be averaged"
-                )
+        if net != nets[0]:
+            raise CheckpointError(
+                f"average_weights: {p} is {net[0]!r} with switches {net[1]}, {paths[0]} is "
+                f"{nets[0][0]!r} with {nets[0][1]}: only files of one network can be averaged"
+            )
         tensors = read_state_dict(p)
         if tensors.keys() != first.keys():
             diff = sorted(tensors.keys() ^ first.keys())
