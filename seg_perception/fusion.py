@@ -217,38 +217,58 @@ def fuse_heuristic(
     # Step 2, background pixels keep their semantic class: start from a copy of the input.
     sem = sem_in.copy()
     inst = np.zeros((h, w), np.uint16)
-    inst_class: list[int] = []
-    inst_score: list[float | None] = []
 
-    # Step 3, matching, strongest detection first: a mask pixel keeps the detection's class and
-    # id only where the class's category is the pixel's semantic category and no stronger
-    # detection holds it. The paper says both "retained only if it is consistent with the
-    # semantic category of that pixel" and "pixels that correspond to background pixels or to a
-    # different semantic subcategory are deleted"; we follow the first (and Fig. 2: "matched
-    # ... only if the object class is compatible with the semantic category"), so a car mask
-    # keeps the pixels the semantic map called truck and makes them car.
-    for i in _ranked(instances, score_threshold):
-        c = int(instances.labels[i])
-        box = _instance_window(instances, i)
-        if box is None or len(inst_class) >= MAX_INSTANCES:
-            continue
-        free = unl[box]
-        keep = instances.masks[i][box] & free
-        if span:
-            first, extent, dense = span[cat_lut[c]]
-            if dense:
-                keep &= np.subtract(sem_in[box], first) <= extent
-            else:
-                keep &= cv2.LUT(sem_in[box], cat_lut) == cat_lut[c]
-        if not keep.any():
-            continue  # every pixel deleted: the detection gives no instance
-        inst_class.append(c)
-        inst_score.append(float(instances.scores[i]))
-        # Masked writes by arithmetic (several times faster than masked copies): the kept
-        # pixels are free and hold instance 0 until now.
-        np.add(inst[box], keep.view(np.uint8) * np.uint16(len(inst_class)), out=inst[box])
-        np.not_equal(free, keep, out=free)
-        np.putmask(sem[box], keep, c)
+    # Step 3, matching: a mask pixel keeps the detection's class and id only where the class's
+    # category is the pixel's semantic category. The paper says both "retained only if it is
+    # consistent with the semantic category of that pixel" and "pixels that correspond to
+    # background pixels or to a different semantic subcategory are deleted"; we follow the
+    # first (and Fig. 2: "matched ... only if the object class is compatible with the semantic
+    # category"), so a car mask keeps the pixels the semantic map called truck and makes them
+    # car. Where masks overlap (the paper does not say who wins) we follow the second sentence
+    # as far as it goes without deleting: a detection of the pixel's own subcategory takes it
+    # first (pass 1), then one of its category (pass 2); within a pass the stronger detection
+    # does. So a coarse train mask spilling onto a detected car leaves the car its pixels.
+    ranked = _ranked(instances, score_threshold)
+    windows = {i: _instance_window(instances, i) for i in ranked}
+    # A detection whose window meets no other's competes for no pixel: one pass of the
+    # category test gives it what the two passes would.
+    alone = _alone(windows)
+    order: dict[int, int] = {}  # detection -> instance id, in the order of first kept pixel
+    for same_class in (True, False):
+        for i in ranked:
+            box = windows[i]
+            if box is None or (i not in order and len(order) >= MAX_INSTANCES):
+                continue
+            if not same_class and alone[i]:
+                continue
+            c = int(instances.labels[i])
+            free = unl[box]
+            keep = instances.masks[i][box] & free
+            if same_class and not alone[i]:
+                keep &= sem_in[box] == c
+            elif span:
+                first, extent, dense = span[cat_lut[c]]
+                if dense:
+                    keep &= np.subtract(sem_in[box], first) <= extent
+                else:
+                    keep &= cv2.LUT(sem_in[box], cat_lut) == cat_lut[c]
+            if not keep.any():
+                continue  # no pixel (left) for it: no instance from this pass
+            k = order.setdefault(i, len(order) + 1)
+            # Masked writes by arithmetic (several times faster than masked copies): the kept
+            # pixels are free and hold instance 0 until now.
+            np.add(inst[box], keep.view(np.uint8) * np.uint16(k), out=inst[box])
+            np.not_equal(free, keep, out=free)
+            np.putmask(sem[box], keep, c)
+    # Instances numbered by descending score (region growing breaks ties by that order).
+    rank = {i: r for r, i in enumerate(ranked)}
+    by_score = sorted(order, key=rank.__getitem__)
+    if by_score != list(order):
+        renumber = np.zeros(len(order) + 1, np.uint16)
+        renumber[[order[i] for i in by_score]] = np.arange(1, len(order) + 1)
+        inst = renumber[inst]
+    inst_class = [int(instances.labels[i]) for i in by_score]
+    inst_score: list[float | None] = [float(instances.scores[i]) for i in by_score]
 
     # Steps 4 and 5 on the sparse list of unlabelled foreground pixels (see
     # seg_perception.region_growing for the sentences followed).
@@ -274,6 +294,22 @@ def fuse_heuristic(
         new[seg] = True
     # Thing pixels left without instance are void in the panoptic map.
     return _finish(sem, inst, inst_class, inst_score, labels, void=isolated[~new])
+
+
+def _alone(windows: dict[int, _Box | None]) -> dict[int, bool]:
+    """For each detection, whether its window meets no other detection's window."""
+    items = [(i, w) for i, w in windows.items() if w is not None]
+    alone = dict.fromkeys(windows, True)
+    for a, (i, (ya, xa)) in enumerate(items):
+        for j, (yb, xb) in items[a + 1 :]:
+            if (
+                ya.start < yb.stop
+                and yb.start < ya.stop
+                and xa.start < xb.stop
+                and xb.start < xa.stop
+            ):
+                alone[i] = alone[j] = False
+    return alone
 
 
 def _in_classes(sem: np.ndarray, ids: list[int]) -> np.ndarray:

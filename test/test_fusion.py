@@ -23,7 +23,7 @@ from seg_perception.labels import CITYSCAPES
 from seg_perception.metrics import PanopticQuality
 
 ROAD, BUILDING, SKY = 0, 2, 10
-PERSON, RIDER, CAR, TRUCK, BICYCLE = 11, 12, 13, 14, 18
+PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE = 11, 12, 13, 14, 15, 18
 
 
 def _inst(masks: list[np.ndarray], labels: list[int], scores: list[float]) -> Instances:
@@ -352,13 +352,49 @@ def test_small_leftover_thing_pixels_are_void_in_panoptic_and_segments() -> None
 
 
 def test_overlapping_masks_resolved_by_score() -> None:
+    # The semantic map says bus in the overlap: neither detection is of that subcategory.
     sem = np.full((6, 10), CAR, np.uint8)
+    sem[:, 4:6] = BUS
     a = _box_mask(sem.shape, slice(0, 6), slice(0, 6))
     b = _box_mask(sem.shape, slice(0, 6), slice(4, 10))
     # b scores higher: it owns the overlap (cols 4-5) and gets instance 1.
     r = fuse_heuristic(sem, _inst([a, b], [CAR, TRUCK], [0.6, 0.9]))
     assert (r.instance[:, 4:10] == 1).all() and (r.instance[:, 0:4] == 2).all()
     assert (r.semantic[:, 4:10] == TRUCK).all() and (r.semantic[:, 0:4] == CAR).all()
+
+
+@pytest.mark.parametrize("overlap_class", [CAR, TRUCK])
+def test_overlap_goes_first_to_the_detection_of_the_pixels_subcategory(overlap_class: int) -> None:
+    # A strong truck mask spills over a car that has its own, weaker detection: the pixels the
+    # semantic map calls car go to the car, those it calls truck to the truck, whatever the
+    # scores; numbering stays by score (truck 1, car 2).
+    sem = np.full((6, 12), TRUCK, np.uint8)
+    sem[:, 0:4] = CAR
+    sem[:, 4:6] = overlap_class
+    car = _box_mask(sem.shape, slice(0, 6), slice(0, 6))
+    truck = _box_mask(sem.shape, slice(0, 6), slice(2, 12))
+    r = fuse_heuristic(sem, _inst([car, truck], [CAR, TRUCK], [0.7, 0.95]))
+    owner = 2 if overlap_class == CAR else 1
+    assert (r.instance[:, 0:4] == 2).all() and (r.instance[:, 6:] == 1).all()
+    assert (r.instance[:, 4:6] == owner).all()
+    assert (r.semantic[:, 4:6] == overlap_class).all()
+    assert [s["train_id"] for s in r.segments if s["is_thing"]] == [TRUCK, CAR]
+
+
+def test_detection_with_only_category_pixels_left_is_numbered_by_score() -> None:
+    # The strong car detection keeps no car pixel in pass 1 (all its pixels are truck in the
+    # semantic map and the weaker truck detection takes them); in pass 2 it takes the truck
+    # pixels outside the truck mask. It still gets instance 1.
+    sem = np.full((4, 10), TRUCK, np.uint8)
+    car = _box_mask(sem.shape, slice(0, 4), slice(0, 10))
+    truck = _box_mask(sem.shape, slice(0, 4), slice(0, 5))
+    r = fuse_heuristic(sem, _inst([truck, car], [TRUCK, CAR], [0.6, 0.9]))
+    assert (r.instance[:, 5:] == 1).all() and (r.semantic[:, 5:] == CAR).all()
+    assert (r.instance[:, :5] == 2).all() and (r.semantic[:, :5] == TRUCK).all()
+    assert [(s["instance"], s["train_id"]) for s in r.segments if s["is_thing"]] == [
+        (1, CAR),
+        (2, TRUCK),
+    ]
 
 
 def test_equal_scores_are_deterministic() -> None:
