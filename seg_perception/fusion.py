@@ -237,9 +237,9 @@ def fuse_heuristic(
     for same_class in (True, False):
         for i in ranked:
             box = windows[i]
-            if box is None or (i not in order and len(order) >= MAX_INSTANCES):
-                continue
-            if not same_class and alone[i]:
+            if box is None or (alone[i] and not same_class):
+                continue  # an alone detection took all it could in pass 1
+            if i not in order and len(order) >= MAX_INSTANCES:
                 continue
             c = int(instances.labels[i])
             free = unl[box]
@@ -298,17 +298,15 @@ def fuse_heuristic(
 
 def _alone(windows: dict[int, _Box | None]) -> dict[int, bool]:
     """For each detection, whether its window meets no other detection's window."""
-    items = [(i, w) for i, w in windows.items() if w is not None]
+    ids = [i for i, w in windows.items() if w is not None]
     alone = dict.fromkeys(windows, True)
-    for a, (i, (ya, xa)) in enumerate(items):
-        for j, (yb, xb) in items[a + 1 :]:
-            if (
-                ya.start < yb.stop
-                and yb.start < ya.stop
-                and xa.start < xb.stop
-                and xb.start < xa.stop
-            ):
-                alone[i] = alone[j] = False
+    if len(ids) > 1:
+        y0, y1, x0, x1 = np.array(
+            [(w[0].start, w[0].stop, w[1].start, w[1].stop) for w in map(windows.get, ids)]
+        ).T
+        meets = (y0[:, None] < y1) & (y0 < y1[:, None]) & (x0[:, None] < x1) & (x0 < x1[:, None])
+        np.fill_diagonal(meets, False)
+        alone.update(zip(ids, (~meets.any(axis=1)).tolist(), strict=True))
     return alone
 
 
