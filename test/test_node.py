@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -61,10 +60,8 @@ class Harness:
         topic = "image" if input_type is Image else "image/compressed"
         self.pub = self.node.create_publisher(input_type, topic, 10)
         self.nodes = nodes
-        self.executor = MultiThreadedExecutor(num_threads=2)
-        for n in (self.node, *nodes):
-            self.executor.add_node(n)
-        self.spinner = SpinThread(self.executor)  # stop() is safe on Jazzy too
+        # one thread per node: the node under test's callbacks never hold up the listener's
+        self.spinners = [SpinThread.of(n) for n in (self.node, *nodes)]
 
     def _keep(self, key):
         def callback(msg):
@@ -84,7 +81,8 @@ class Harness:
         wait_matched(self.pub, self.nodes, timeout)
 
     def close(self):
-        self.spinner.stop()
+        for spinner in self.spinners:
+            spinner.stop()
         self.node.destroy_node()
 
 

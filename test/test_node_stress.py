@@ -11,7 +11,6 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from node_params import SMALL
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -60,10 +59,8 @@ class Listener:
         self.cv = threading.Condition()
         for t in topics:
             self.node.create_subscription(Image, t, self._keep(t), OUTPUT_QOS)
-        self.executor = MultiThreadedExecutor(num_threads=2)
-        for n in (self.node, *nodes):
-            self.executor.add_node(n)
-        self.spinner = SpinThread(self.executor)  # stop() is safe on Jazzy too
+        # one thread per node: the node under test's callbacks never hold up the listener's
+        self.spinners = [SpinThread.of(n) for n in (self.node, *nodes)]
 
     def _keep(self, topic):
         def cb(msg):
@@ -79,7 +76,8 @@ class Listener:
         return poll_until(predicate, timeout, cv=self.cv)
 
     def close(self):
-        self.spinner.stop()
+        for spinner in self.spinners:
+            spinner.stop()
         self.node.destroy_node()
 
 

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image
@@ -36,9 +35,7 @@ def test_play_publishes_every_message_once_in_order(bag):
         node.create_subscription(
             Image, t, lambda raw, t=t: got[t].append(bytes(raw)), qos, raw=True
         )
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = SpinThread(executor)
+    spinner = SpinThread.of(node)
     try:
         cmd = [
             sys.executable,

@@ -90,7 +90,6 @@ def evaluate_live(
     ``mean``, ``n``), ``paced`` and ``wall_s`` (first frame published -> last output received).
     """
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
@@ -179,9 +178,7 @@ def evaluate_live(
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("seg_eval_live", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spin = SpinThread(executor, name="seg_eval_live")
+    spin = SpinThread.of(node, name="seg_eval_live")
     TopicRecorder(node, out_topics, sink)
     latched = QoSProfile(
         depth=1,

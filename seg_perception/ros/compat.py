@@ -10,7 +10,9 @@ handling) has the same API on both. What differs:
 - ``Executor.shutdown()`` while another thread is inside ``spin()``: Jazzy destroys the guard
   condition under the waiting thread, which then dies with ``AttributeError: 'NoneType' object
   has no attribute 'handle'`` (seen in this package's tests); :class:`SpinThread` ends the thread
-  first;
+  first. On both, ``shutdown()`` does not wait for the callbacks a ``MultiThreadedExecutor``
+  has handed to its pool (its wait is skipped once the shutdown flag is set), so SpinThread
+  takes single-threaded executors only;
 - the environment variable of the Fast DDS profile file (Fast DDS 2 vs 3): not rclpy, handled in
   :mod:`seg_perception.ros.dds`, which sets both names.
 """
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
@@ -93,14 +95,37 @@ def publishers_of(node: Node, topic: str) -> list[PublisherInfo]:
 
 class SpinThread:
     """``executor`` spun in a daemon thread until :meth:`stop`, which lets the thread leave
-    before it shuts the executor down (safe on Jazzy and Kilted alike)."""
+    before it shuts the executor down (safe on Jazzy and Kilted alike).
+
+    Only a :class:`~rclpy.executors.SingleThreadedExecutor`: it runs each callback inside
+    ``spin_once``, so once the thread has left no callback is in flight. A
+    ``MultiThreadedExecutor`` hands callbacks to a thread pool, and ``shutdown()`` destroys the
+    executor's guard condition without waiting for them; a queued callback then fails with
+    ``InvalidHandle`` and rclpy prints "The following exception was never retrieved: cannot use
+    Destroyable because destruction was requested" when it is collected (about every other
+    stop in a by-hand loop with a 0.5 ms timer). Nodes that must not wait for one another get
+    one SpinThread each (:meth:`of`).
+    """
 
     def __init__(self, executor: Executor, name: str | None = None, period_s: float = 0.1):
+        if not isinstance(executor, SingleThreadedExecutor):
+            raise TypeError(
+                "SpinThread: expected a SingleThreadedExecutor, got "
+                f"{type(executor).__name__} (its pool's callbacks outlive shutdown(); spin "
+                "each node in its own SpinThread instead)"
+            )
         self.executor = executor
         self._period = period_s
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
+
+    @classmethod
+    def of(cls, node: Node, name: str | None = None) -> SpinThread:
+        """``node`` alone in a new single-threaded executor of its context, spun in a thread."""
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        return cls(executor, name=name)
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.executor.context.ok():

@@ -161,7 +161,6 @@ class RosClient:
 
     def __init__(self, name: str) -> None:
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
 
         from seg_perception.ros.bridge import loopback_env
         from seg_perception.ros.compat import SpinThread
@@ -171,11 +170,9 @@ class RosClient:
         rclpy.init(args=[], context=self.context)
         self.pub = rclpy.create_node(f"{name}_pub", context=self.context)
         self.sub = rclpy.create_node(f"{name}_sub", context=self.context)
-        self._spinners = []
-        for node in (self.pub, self.sub):
-            ex = SingleThreadedExecutor(context=self.context)
-            ex.add_node(node)
-            self._spinners.append(SpinThread(ex, name=f"{node.get_name()}_spin"))
+        self._spinners = [
+            SpinThread.of(node, name=f"{node.get_name()}_spin") for node in (self.pub, self.sub)
+        ]
 
     def now_stamp(self) -> Any:
         return self.pub.get_clock().now().to_msg()
