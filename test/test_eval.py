@@ -17,7 +17,8 @@ from seg_perception.commands import eval as eval_cli
 from seg_perception.config import load_config
 from seg_perception.data.bag_io import BagError, OutputBag, read_bag_messages, write_synth_bag
 from seg_perception.data.synth import generate_frames
-from seg_perception.eval.evaluate import build_pipeline, evaluate_bag, resolve_topics
+from seg_perception.eval.bag_topics import resolve_topics
+from seg_perception.eval.evaluate import build_pipeline, evaluate_bag
 from seg_perception.labels import CITYSCAPES, IGNORE_ID, PANOPTIC_DIVISOR
 from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
 from seg_perception.panoptic import gt_panoptic

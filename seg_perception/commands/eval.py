@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, parse_overrides(args.set))
         if args.bag is not None:
             from seg_perception.data.bag_io import bag_topics
-            from seg_perception.eval.evaluate import resolve_topics
+            from seg_perception.eval.bag_topics import resolve_topics
 
             # the cheap checks first: topics before building engines
             resolve_topics(

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +25,8 @@ from tqdm import tqdm
 from seg_perception.atomic import write_text_atomic
 from seg_perception.codec import array_to_imgmsg, image_from_ros, msg_to_rgb8, stamp_ns
 from seg_perception.data.bag_io import BagError, bag_topics, read_bag_messages
-from seg_perception.labels import LabelTable
-from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
-from seg_perception.metrics_instance import InstanceIoU, MaskAP, panoptic_instances
-from seg_perception.panoptic import gt_panoptic
+from seg_perception.eval.bag_topics import COMPRESSED, IMAGE, Topics, resolve_topics
+from seg_perception.eval.scoring import NUM_SAMPLES, Accumulators, json_safe
 from seg_perception.pipeline import (  # build_pipeline: re-exported
     ALL_OUTPUTS,
     INSTANCE,
@@ -45,209 +40,7 @@ from seg_perception.pipeline import (  # build_pipeline: re-exported
 )
 from seg_perception.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
-__all__ = [
-    "CAMERA_TYPES", "COMPRESSED", "IMAGE", "NUM_SAMPLES", "Accumulators", "FrameEvaluation",
-    "Topics", "build_pipeline", "camera_namespace", "evaluate_bag", "evaluate_cityscapes",
-    "json_safe", "percentiles", "resolve_topics",
-]  # fmt: skip
-
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED = "sensor_msgs/msg/CompressedImage"
-CAMERA_TYPES = (IMAGE, COMPRESSED)
-# relative to the camera's namespace, as seg_node publishes them
-NUM_SAMPLES = 3
-
-
-@dataclass(frozen=True)
-class Topics:
-    camera: str
-    camera_type: str
-    gt_semantic: str
-    gt_instance: str | None  # None: no panoptic scoring
-
-    @property
-    def namespace(self) -> str:
-        return camera_namespace(self.camera)
-
-
-def camera_namespace(topic: str) -> str:
-    """``/camera/image`` and ``/camera/image/compressed`` -> ``/camera``; ``/image`` -> ``""``."""
-    parts = topic.strip("/").split("/")
-    if len(parts) > 1 and parts[-1] in ("compressed", "theora", "zstd"):
-        parts = parts[:-1]
-    return "".join("/" + p for p in parts[:-1])
-
-
-def _listing(topics: dict[str, str]) -> str:
-    return ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "(none)"
-
-
-def resolve_topics(
-    bag: str | Path,
-    topics: dict[str, str],
-    *,
-    camera_topic: str | None = None,
-    gt_semantic_topic: str | None = None,
-    gt_instance_topic: str | None = None,
-    need_instance: bool = True,
-) -> Topics:
-    """Pick the camera and ground-truth topics of a bag (``topics``: ``{topic: msgtype}``).
-
-    Default camera: the single ``sensor_msgs/msg/Image`` topic not under ``gt/``. Default ground
-    truth: ``<ns>/gt/semantic`` and ``<ns>/gt/instance`` of the camera's namespace. Raises
-    :class:`BagError` naming the missing topic and listing the bag's topics.
-    """
-    if camera_topic is None:
-        cands = [t for t, m in topics.items() if m == IMAGE and "/gt/" not in t + "/"]
-        if len(cands) != 1:
-            raise BagError(
-                f"{bag}: cannot choose the camera topic: {len(cands)} sensor_msgs/msg/Image "
-                f"topics outside gt/ ({', '.join(sorted(cands)) or 'none'}); pass --camera-topic. "
-                f"Topics in the bag: {_listing(topics)}"
-            )
-        camera_topic = cands[0]
-    if camera_topic not in topics:
-        raise BagError(
-            f"{bag}: camera topic {camera_topic} not in the bag; topics: {_listing(topics)}"
-        )
-    if topics[camera_topic] not in CAMERA_TYPES:
-        raise BagError(
-            f"{bag}: camera topic {camera_topic} has type {topics[camera_topic]}; expected "
-            f"{' or '.join(CAMERA_TYPES)}"
-        )
-    ns = camera_namespace(camera_topic)
-    sem = gt_semantic_topic or f"{ns}/gt/semantic"
-    inst = gt_instance_topic or f"{ns}/gt/instance"
-    needed = [sem, inst] if need_instance else [sem]
-    for topic in needed:
-        if topic not in topics:
-            raise BagError(
-                f"{bag}: ground-truth topic {topic} not in the bag; topics: {_listing(topics)}"
-            )
-        if topics[topic] != IMAGE:
-            raise BagError(f"{bag}: ground-truth topic {topic} has type {topics[topic]}")
-    return Topics(
-        camera_topic, topics[camera_topic], sem, inst if (need_instance or inst in topics) else None
-    )
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    """``p50``, ``p95``, ``mean`` and ``n`` of a non-empty list of times (the metrics' latency
-    entries)."""
-    a = np.asarray(values, np.float64)
-    return {
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "mean": float(a.mean()),
-        "n": int(a.size),
-    }
-
-
-@dataclass
-class Accumulators:
-    """Everything the metrics and the report are computed from."""
-
-    labels: LabelTable
-    panoptic: bool
-    semantic: SemanticMetrics = field(init=False)
-    fused: SemanticMetrics = field(init=False)
-    trimap: TrimapIoU = field(init=False)
-    pq: PanopticQuality = field(init=False)
-    iiou: InstanceIoU = field(init=False)
-    mask_ap: MaskAP = field(init=False)
-    timings: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    frames: int = 0
-    scored: int = 0
-    with_instances: int = 0  # scored frames with instanceIds ground truth (iIoU)
-    samples: list[dict[str, np.ndarray]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.semantic = SemanticMetrics(labels=self.labels)
-        self.fused = SemanticMetrics(labels=self.labels)
-        self.asp = SemanticMetrics(labels=self.labels)
-        self.trimap = TrimapIoU(labels=self.labels)
-        self.pq = PanopticQuality(self.labels)
-        self.iiou = InstanceIoU(self.labels)
-        self.mask_ap = MaskAP(self.labels)
-
-    def update(
-        self,
-        semantic: np.ndarray,
-        gt_sem: np.ndarray,
-        fused: np.ndarray | None = None,
-        panoptic: np.ndarray | None = None,
-        gt_inst: np.ndarray | None = None,
-        asp_semantic: np.ndarray | None = None,
-        *,
-        segments: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """Score one frame (pipeline outputs against ground truth). ``asp_semantic``: the ASP
-        model's own semantic map at the input resolution (the fusion's other input);
-        ``segments``: the fusion's segment list, whose detection scores rank the thing segments
-        for mask AP (no AP without it: the live evaluation sees no scores). With ``gt_inst``
-        (Cityscapes instanceIds) also iIoU and, with a ``panoptic`` map, PQ and mask AP."""
-        self.scored += 1
-        self.semantic.update(semantic, gt_sem)
-        self.trimap.update(semantic, gt_sem)
-        if fused is not None:
-            self.fused.update(fused, gt_sem)
-        if asp_semantic is not None:
-            self.asp.update(asp_semantic, gt_sem)
-        if gt_inst is not None:
-            self.with_instances += 1
-            self.iiou.update(semantic, gt_sem, gt_inst)
-        if panoptic is not None and gt_inst is not None:
-            self.pq.update(panoptic, gt_panoptic(gt_sem, gt_inst, self.labels))
-            if segments is not None:
-                found = panoptic_instances(panoptic, segments, self.labels)
-                self.mask_ap.update(gt_inst, found, lambda p: panoptic == p.value)
-
-    def compute(self, *, interrupted: bool = False, total_frames: int | None = None) -> dict:
-        sem = self.semantic.compute()
-        out: dict[str, Any] = {
-            "frames": {
-                "processed": self.frames,
-                "scored": self.scored,
-                "without_gt": self.frames - self.scored,
-                "in_bag": total_frames,
-                "interrupted": interrupted,
-            },
-            "semantic": sem,
-            "confusion": self.semantic.confusion.tolist(),
-            "boundary_iou": self.trimap.compute(),
-            "latency_ms": {k: percentiles(v) for k, v in self.timings.items() if v},
-        }
-        if self.with_instances:  # the official definitions (metrics_instance)
-            out["instance_iou"] = self.iiou.compute()
-        if self.mask_ap.frames:
-            out["mask_ap"] = self.mask_ap.compute()
-        if self.panoptic:
-            out["panoptic"] = self.pq.compute()
-            fused = self.fused.compute()
-            out["fusion"] = {
-                "miou_realtime": sem["miou"],
-                # the ASP model's semantic head alone (null where no frame gave it)
-                "miou_asp": self.asp.compute()["miou"] if self.asp.confusion.any() else None,
-                "miou_fused": fused["miou"],
-                "gain": fused["miou"] - sem["miou"],
-                "fused_iou": fused["iou"],
-            }
-        return out
-
-
-def json_safe(x: Any) -> Any:
-    """A metrics tree as strict JSON can hold it: NaN / inf -> ``None``, NumPy scalars -> Python
-    numbers, tuples -> lists, dict keys -> strings (``json.dumps(..., allow_nan=False)`` then
-    succeeds)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return json_safe(x.item())
-    return x
+__all__ = ["FrameEvaluation", "build_pipeline", "evaluate_bag", "evaluate_cityscapes"]
 
 
 class _Recorder:

@@ -25,22 +25,15 @@ from seg_perception.atomic import write_text_atomic
 from seg_perception.codec import image_from_ros, msg_to_rgb8, stamp_ns
 from seg_perception.data.bag_io import BagError, bag_topics, read_bag_messages
 from seg_perception.errors import SegError
-from seg_perception.eval.evaluate import (
-    NUM_SAMPLES,
-    Accumulators,
-    json_safe,
-    percentiles,
-    resolve_topics,
-)
+from seg_perception.eval.bag_topics import IMAGE, resolve_topics
+from seg_perception.eval.scoring import NUM_SAMPLES, Accumulators, json_safe, percentiles
 from seg_perception.ros.dds import large_image_transport
-from seg_perception.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
+from seg_perception.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 __all__ = ["evaluate_live", "semantic_by_stamp", "typed_overrides"]
 
-IMAGE = "sensor_msgs/msg/Image"
 SEMANTIC_TOPIC = "segmentation/semantic"
 PANOPTIC_TOPIC = "segmentation/panoptic"
-LABELS_TOPIC = "segmentation/labels"
 DRAIN_TIMEOUT_S = 30.0  # after the last frame: wait this long at most for the node to answer
 QUIET_S = 2.0  # ... and stop once no output arrived for this long
 PACE_TIMEOUT_S = 60.0  # paced play: send the next frame after this long without an answer

@@ -116,7 +116,7 @@ def _fmt(v: Any) -> str:
 
 def write_report(out: Path, metrics: dict[str, Any], acc: Any) -> list[Path]:
     """Draw the plots into ``out`` and write ``report.md`` and ``report.html``; returns the
-    PNG paths. ``acc`` is the :class:`~seg_perception.eval.evaluate.Accumulators`."""
+    PNG paths. ``acc`` is the :class:`~seg_perception.eval.scoring.Accumulators`."""
     labels: LabelTable = acc.labels
     names = list(labels.train_names)
     colors = [
