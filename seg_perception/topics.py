@@ -12,14 +12,16 @@ from seg_perception.pipeline import (
     SEMANTIC_COLOR,
 )
 
+SEMANTIC_TOPIC = "segmentation/semantic"
+PANOPTIC_TOPIC = "segmentation/panoptic"
 OUTPUT_TOPICS = {
-    "segmentation/semantic": (SEMANTIC, "mono8"),
+    SEMANTIC_TOPIC: (SEMANTIC, "mono8"),
     "segmentation/semantic_color": (SEMANTIC_COLOR, "rgb8"),
     "segmentation/overlay": (OVERLAY, "rgb8"),
 }
 PANOPTIC_TOPICS = {
     "segmentation/instance": (INSTANCE, "mono16"),
-    "segmentation/panoptic": (PANOPTIC, "32SC1"),
+    PANOPTIC_TOPIC: (PANOPTIC, "32SC1"),
     "segmentation/panoptic_color": (PANOPTIC_COLOR, "rgb8"),
 }
 LABELS_TOPIC = "segmentation/labels"

@@ -28,12 +28,16 @@ from seg_perception.errors import SegError
 from seg_perception.eval.bag_topics import IMAGE, resolve_topics
 from seg_perception.eval.scoring import NUM_SAMPLES, Accumulators, json_safe, percentiles
 from seg_perception.ros.dds import large_image_transport
-from seg_perception.topics import LABELS_TOPIC, OUTPUT_TOPICS, PANOPTIC_TOPICS
+from seg_perception.topics import (
+    LABELS_TOPIC,
+    OUTPUT_TOPICS,
+    PANOPTIC_TOPIC,
+    PANOPTIC_TOPICS,
+    SEMANTIC_TOPIC,
+)
 
 __all__ = ["evaluate_live", "semantic_by_stamp", "typed_overrides"]
 
-SEMANTIC_TOPIC = "segmentation/semantic"
-PANOPTIC_TOPIC = "segmentation/panoptic"
 DRAIN_TIMEOUT_S = 30.0  # after the last frame: wait this long at most for the node to answer
 QUIET_S = 2.0  # ... and stop once no output arrived for this long
 PACE_TIMEOUT_S = 60.0  # paced play: send the next frame after this long without an answer
