@@ -39,6 +39,7 @@ from seg_perception.ros.dds import (
     without_profile,
 )
 from seg_perception.ros.diagnostics import NodeStats, camera_level
+from seg_perception.ros.input_watch import InputWatch
 from seg_perception.ros.node import SegNode
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +103,45 @@ def test_silence_counts_from_the_match_or_the_last_frame():
     assert camera_level(_window(), thresholds=th, silent_s=4.0)[0] == DiagnosticStatus.OK
     off = _thresholds(silent_input_s=0.0)
     assert camera_level(_window(), thresholds=off, silent_s=600.0)[0] == DiagnosticStatus.OK
+
+
+def test_input_watch_logs_each_episode_once_and_looks_publishers_up_only_when_needed():
+    limits = _thresholds(silent_input_s=5.0, lost_input_ratio=0.2)
+    pubs = [PublisherInfo("/drv/cam", "01.02", True)]
+    lookups = []
+
+    def publishers():
+        lookups.append(1)
+        return pubs
+
+    watch = InputWatch()
+
+    def check(silent_s, **counts):
+        return watch.check(
+            "/cam9/image", _window(**counts), silent_s, limits, "reliable", publishers
+        )
+
+    quiet = check(0.0, received=10)
+    assert (quiet.warnings, quiet.infos, quiet.publishers, lookups) == ([], [], [], [])
+    first = check(6.0)  # silent for longer than silent_input_s: one warning, publishers named
+    assert len(first.warnings) == 1 and first.publishers == pubs and len(lookups) == 1
+    assert "/cam9/image" in first.warnings[0] and "/drv/cam" in first.warnings[0]
+    again = check(7.0)  # the same episode: nothing new to say
+    assert again.warnings == [] and again.infos == [] and len(lookups) == 2
+    back = check(0.0, received=3)
+    assert back.warnings == [] and back.infos == ["frames arrive on /cam9/image again"]
+    # losses: 3 of 10 sent (>= 0.2) warn once; a clean period with frames ends the episode
+    lossy = check(0.0, received=7, lost_in_transport=3)
+    assert len(lossy.warnings) == 1 and "3 of the last 10 frames" in lossy.warnings[0]
+    assert check(0.0, received=7, lost_in_transport=3).warnings == []
+    assert check(0.0, received=10).warnings == []
+    assert len(check(0.0, received=6, lost_in_transport=4).warnings) == 1
+    # 1 of 10 lost is below the ratio; silent_input_s 0 switches the silence report off
+    assert check(0.0, received=9, lost_in_transport=1).warnings == []
+    off = InputWatch().check(
+        "/t", _window(), 60.0, _thresholds(silent_input_s=0.0), "reliable", publishers
+    )
+    assert off.warnings == [] and off.publishers == []
 
 
 def test_message_info_of_both_distributions():

@@ -55,9 +55,6 @@ def test_common_helpers():
     assert common.nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
     assert common.read_rss_kib(os.getpid()) > 1000
     assert common.read_rss_kib(2**22 + 12345) is None
-    p = common.percentiles([1.0, 2.0, 3.0, 4.0, 100.0])
-    assert p["p50"] == 3.0 and p["p50"] <= p["p95"] <= p["p99"] <= 100.0
-    assert common.percentiles([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
     table = common.format_table(("a", "bb"), [(1, "xyz")]).splitlines()
     assert table[0].split() == ["a", "bb"] and table[2].split() == ["1", "xyz"]
     assert common.report_goals(["x failed"], "t") == 1 and common.report_goals([], "t") == 0

@@ -41,7 +41,6 @@ from seg_perception.engines.bench_measure import (
     CeilingConv,
     ceiling_gflops,
     count_gflops,
-    latency_stats,
     miou,
     round_robin,
 )
@@ -53,13 +52,13 @@ from seg_perception.machine import (
     machine_header,
     machine_record,
 )
+from seg_perception.stats import percentiles
 
 __all__ = [
     "MODELS",
     "CeilingConv",
     "add_arguments",
     "ceiling_gflops",
-    "latency_stats",
     "miou",
     "round_robin",
     "run",
@@ -171,7 +170,8 @@ def _stored(weights: Path | None) -> dict[str, Any]:
 def _row(
     model: str, backend: str, precision: str, times: list[float], gflops: float, ceiling: float
 ) -> dict[str, Any]:
-    p50, p95 = latency_stats(times)
+    lat = percentiles([t * 1e3 for t in times])
+    p50, p95 = lat["p50"], lat["p95"]
     achieved = gflops / (p50 / 1e3)
     return {
         "model": model,
@@ -319,7 +319,9 @@ def _bench_batch4(backend: str, args: argparse.Namespace, ctx: dict[str, Any]) -
         args.runs,
     )
     engine.close()
-    batched, seq = latency_stats(times["batched"])[0], latency_stats(times["sequential"])[0]
+    batched, seq = (
+        percentiles([t * 1e3 for t in times[k]])["p50"] for k in ("batched", "sequential")
+    )
     return {
         "model": "gun",
         "backend": backend,

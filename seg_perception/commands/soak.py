@@ -245,7 +245,7 @@ def _publish(
     samples: list[dict[str, Any]],
 ) -> list[str]:
     """Publish for ``duration`` seconds, sampling RSS; returns crash descriptions."""
-    from seg_perception.stress.common import percentiles
+    from seg_perception.stats import percentiles
 
     due = sorted(
         {0.0, warmup_s, *(k * rss_period for k in range(1, int(duration // rss_period) + 1))}
@@ -295,7 +295,8 @@ def _result(
     exit_code: int,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    from seg_perception.stress.common import format_table, percentiles
+    from seg_perception.stats import percentiles
+    from seg_perception.stress.common import format_table
 
     per_cam: dict[str, dict[str, Any]] = {}
     for c in streams.names:

@@ -16,19 +16,12 @@ __all__ = [
     "ceiling_gflops",
     "count_gflops",
     "counted_gflops",
-    "latency_stats",
     "miou",
     "round_robin",
 ]
 
 CEILING_SHAPE = (256, 128, 256)  # channels, height, width
 NUM_CLASSES = 19
-
-
-def latency_stats(seconds: list[float]) -> tuple[float, float]:
-    """-> (p50, p95) in milliseconds."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
 def round_robin(

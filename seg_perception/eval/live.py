@@ -26,8 +26,9 @@ from seg_perception.codec import image_from_ros, msg_to_rgb8, stamp_ns
 from seg_perception.data.bag_io import BagError, bag_topics, read_bag_messages
 from seg_perception.errors import SegError
 from seg_perception.eval.bag_topics import IMAGE, resolve_topics
-from seg_perception.eval.scoring import NUM_SAMPLES, Accumulators, json_safe, percentiles
+from seg_perception.eval.scoring import NUM_SAMPLES, Accumulators, json_safe
 from seg_perception.ros.dds import large_image_transport
+from seg_perception.stats import percentiles
 from seg_perception.topics import (
     LABELS_TOPIC,
     OUTPUT_TOPICS,

@@ -15,22 +15,11 @@ from seg_perception.labels import LabelTable
 from seg_perception.metrics import PanopticQuality, SemanticMetrics, TrimapIoU
 from seg_perception.metrics_instance import InstanceIoU, MaskAP, panoptic_instances
 from seg_perception.panoptic import gt_panoptic
+from seg_perception.stats import percentiles
 
-__all__ = ["NUM_SAMPLES", "Accumulators", "json_safe", "percentiles"]
+__all__ = ["NUM_SAMPLES", "Accumulators", "json_safe"]
 
 NUM_SAMPLES = 3  # frames kept for the report's pictures
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    """``p50``, ``p95``, ``mean`` and ``n`` of a non-empty list of times (the metrics' latency
-    entries)."""
-    a = np.asarray(values, np.float64)
-    return {
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "mean": float(a.mean()),
-        "n": int(a.size),
-    }
 
 
 @dataclass

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seg_perception.ros.diagnostics import NodeStats
+from seg_perception.ros.input_watch import InputWatch
 from seg_perception.topics import OUTPUT_TOPICS, PANOPTIC_TOPICS
 
 # relative output topic -> the pipeline output it carries
@@ -28,8 +29,7 @@ class Camera:
     stats: NodeStats = field(default_factory=NodeStats)
     frame_index: int = 0  # frames processed, for panoptic.every_n
     subscription: Any = None  # the input subscription
-    silence_reported: bool = False  # a matched publisher is silent, and that was logged
-    loss_reported: bool = False  # frames are lost in transport, and that was logged
+    input_watch: InputWatch = field(default_factory=InputWatch)  # silence / loss episodes
 
     @property
     def label(self) -> str:

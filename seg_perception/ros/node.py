@@ -54,13 +54,8 @@ from seg_perception.pipeline import (
 )
 from seg_perception.ros.camera import Camera, camera_topic
 from seg_perception.ros.compat import distro, input_qos, message_source, publishers_of
-from seg_perception.ros.dds import large_image_transport, lost_input_advice, silent_input_advice
-from seg_perception.ros.diagnostics import (
-    EngineHealth,
-    camera_status,
-    diagnostic_array,
-    lost_in_transport,
-)
+from seg_perception.ros.dds import large_image_transport
+from seg_perception.ros.diagnostics import EngineHealth, camera_status, diagnostic_array
 from seg_perception.ros.params import declare_parameters
 from seg_perception.ros.pylog import forward_package_logging
 from seg_perception.ros.reload import EngineReloader
@@ -402,41 +397,24 @@ class SegNode(Node):
         return statuses
 
     def _camera_status(self, node: str, cam: Camera):
-        """One camera's status; logs, once per episode, a matched publisher whose frames do not
-        arrive (silent for ``diagnostics.silent_input_s``, or losing frames on the way)."""
+        """One camera's status; logs what :class:`~seg_perception.ros.input_watch.InputWatch` finds wrong with its input."""
         stats, limits = cam.stats, self.cfg.diagnostics
         stats.matched(cam.subscription.get_publisher_count())
         topic = self.resolve_topic_name(cam.input_topic)
         window = stats.window()
         silent = stats.silent_s()
-        is_silent = limits.silent_input_s > 0 and silent >= limits.silent_input_s
-        losing = lost_in_transport(window, limits)
-        publishers = publishers_of(self, topic) if is_silent or losing else []
-        if is_silent and not cam.silence_reported:
-            self.get_logger().warning(
-                f"camera {cam.label}: "
-                + silent_input_advice(
-                    topic, publishers, seconds=silent, input_qos=self.cfg.input_qos
-                )
-            )
-        elif cam.silence_reported and not is_silent and window["received"]:
-            self.get_logger().info(f"camera {cam.label}: frames arrive on {topic} again")
-        cam.silence_reported = is_silent
-        if losing and not cam.loss_reported:
-            lost = int(window["lost_in_transport"])
-            self.get_logger().warning(
-                f"camera {cam.label}: "
-                + lost_input_advice(
-                    topic,
-                    publishers,
-                    lost=lost,
-                    sent=lost + int(window["received"]),
-                    input_qos=self.cfg.input_qos,
-                )
-            )
-            cam.loss_reported = True
-        elif cam.loss_reported and not losing and window["received"]:
-            cam.loss_reported = False  # a period with frames and (almost) no loss ends it
+        report = cam.input_watch.check(
+            topic,
+            window,
+            silent,
+            limits,
+            self.cfg.input_qos,
+            lambda: publishers_of(self, topic),
+        )
+        for line in report.warnings:
+            self.get_logger().warning(f"camera {cam.label}: {line}")
+        for line in report.infos:
+            self.get_logger().info(f"camera {cam.label}: {line}")
         return camera_status(
             node,
             cam.name,
@@ -447,7 +425,7 @@ class SegNode(Node):
             engine_name=self.semantic_health.name,
             window=window,
             silent_s=silent,
-            publishers=publishers,
+            publishers=report.publishers,
         )
 
     def shutdown(self) -> None:

@@ -310,17 +310,7 @@ def handshake(
     raise StressError(f"{what}: no answer from seg_node within {timeout:.0f} s")
 
 
-# ---------------------------------------------------------------------------------- numbers
-def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
-    """``{"p50": ..., "p95": ..., "p99": ...}`` (linear interpolation); NaN-free: empty -> 0."""
-    import numpy as np
-
-    if not len(values):
-        return {f"p{q}": 0.0 for q in qs}
-    arr = np.asarray(values, dtype=float)
-    return {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in qs}
-
-
+# ---------------------------------------------------------------------------------- tables
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, columns padded to their widest cell."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
