@@ -397,7 +397,8 @@ class SegNode(Node):
         return statuses
 
     def _camera_status(self, node: str, cam: Camera):
-        """One camera's status; logs what :class:`~seg_perception.ros.input_watch.InputWatch` finds wrong with its input."""
+        """One camera's status; logs what
+        :class:`~seg_perception.ros.input_watch.InputWatch` finds wrong with its input."""
         stats, limits = cam.stats, self.cfg.diagnostics
         stats.matched(cam.subscription.get_publisher_count())
         topic = self.resolve_topic_name(cam.input_topic)
