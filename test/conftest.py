@@ -1,7 +1,9 @@
 """Shared fixtures: DDS isolated per test session, small deterministic inputs."""
 
+import atexit
 import os
 import random
+import shutil
 import tempfile
 
 import numpy as np
@@ -17,10 +19,26 @@ large_image_transport(os.environ)  # the transport profile the node and the tool
 if "SEG_TEST_DOMAIN_ID" not in os.environ:
     os.environ["SEG_TEST_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 100))
 os.environ["ROS_DOMAIN_ID"] = os.environ["SEG_TEST_DOMAIN_ID"]
+
+
+def _run_folder(variable: str, prefix: str) -> None:
+    """Point ``variable`` at a folder of this test run, removed when the run ends.
+
+    A folder named by the caller's environment is the caller's: it is used and kept. The run's
+    own folders (~160 MB of ONNX files) are removed at exit, so that runs never pile up in /tmp
+    (CI shares the disk of the machine it runs on).
+    """
+    if variable in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix=prefix)
+    os.environ[variable] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 # exported ONNX files of the tests go to a folder of this run, never to ~/.cache
-os.environ.setdefault("SEG_TEST_ENGINE_CACHE", tempfile.mkdtemp(prefix="seg_test_engines_"))
+_run_folder("SEG_TEST_ENGINE_CACHE", "seg_test_engines_")
 # ... and so do the synthetic frames that datasets cache (seg_perception.data.synth_cache)
-os.environ.setdefault("SEG_PERCEPTION_SYNTH_CACHE", tempfile.mkdtemp(prefix="seg_test_synth_"))
+_run_folder("SEG_PERCEPTION_SYNTH_CACHE", "seg_test_synth_")
 
 
 @pytest.fixture(autouse=True)

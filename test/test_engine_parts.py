@@ -3,6 +3,8 @@ calibration sources and the bench's pure helpers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import onnx
@@ -85,6 +87,38 @@ def test_int8_keeps_stem_and_head_fp32() -> None:
     stem, head = excluded_nodes(helper.make_model(graph))
     assert stem == ["cast", "norm", "pool"]
     assert head == ["argmax", "classifier", "up"]
+
+
+def test_truncated_pre_processing_output_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    """A full disk truncates what onnxruntime's pre-processing writes (its C++ shape inference
+    does not report the failed write): the error names the model and the free space, and no
+    output file is left behind."""
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from seg_perception.engines.quantize import quantize_int8
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], np.ones(216, np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["out"], name="conv", pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [weight],
+    )
+    src = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(src))
+
+    def truncating(inp: str, out: str, **_) -> None:  # what a full disk leaves
+        data = Path(inp).read_bytes()
+        Path(out).write_bytes(data[: len(data) // 2])
+        onnx.load(out)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", truncating)
+    dst = tmp_path / "model_int8.onnx"
+    images = [np.zeros((8, 8, 3), np.uint8)]
+    with pytest.raises(RuntimeError, match=r"model\.onnx.*MiB free.*full disk"):
+        quantize_int8(src, dst, images=images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 # ------------------------------------------------------------------------------ calibration

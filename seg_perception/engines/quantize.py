@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -265,6 +266,26 @@ def ensure_node_names(model: Any) -> None:
             node.name = f"{node.op_type}_{i}"
 
 
+def _pre_process(run: Any, src: Path, pre: Path) -> None:
+    """onnxruntime's ``quant_pre_process`` (passed in as ``run``) from ``src`` to ``pre``.
+
+    Its shape inference writes the model from C++ and does not report a failed write: on a full
+    disk the truncated file then fails to parse with protobuf's "Wire format was corrupt", which
+    names neither the file nor the cause. Raised here as an error that names both.
+    """
+    from google.protobuf.message import DecodeError
+
+    try:
+        run(str(src), str(pre), skip_symbolic_shape=True)
+    except (DecodeError, OSError) as e:
+        free_mib = shutil.disk_usage(pre.parent).free / 2**20
+        raise RuntimeError(
+            f"quantize_int8: onnxruntime's pre-processing of {src} failed "
+            f"({type(e).__name__}: {e}); {free_mib:.0f} MiB free in {pre.parent}, and a full disk "
+            "truncates the files it writes: free space (or set TMPDIR) and run it again"
+        ) from e
+
+
 def quantize_int8(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -317,7 +338,7 @@ def quantize_int8(
         # Identity copies of shared weights (GUN's shared trunk, ShelfNet's shared-weights
         # blocks) back into initializers, so those convolutions get quantised too.
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        _pre_process(quant_pre_process, src, pre)
         model = onnx.load(str(pre))
         ensure_node_names(model)
         stem, head = excluded_nodes(model)
