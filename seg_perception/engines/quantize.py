@@ -266,17 +266,18 @@ def ensure_node_names(model: Any) -> None:
             node.name = f"{node.op_type}_{i}"
 
 
-def _pre_process(run: Any, src: Path, pre: Path) -> None:
-    """onnxruntime's ``quant_pre_process`` (passed in as ``run``) from ``src`` to ``pre``.
+def _pre_process(src: Path, pre: Path) -> None:
+    """onnxruntime's ``quant_pre_process`` from ``src`` to ``pre``.
 
     Its shape inference writes the model from C++ and does not report a failed write: on a full
     disk the truncated file then fails to parse with protobuf's "Wire format was corrupt", which
     names neither the file nor the cause. Raised here as an error that names both.
     """
     from google.protobuf.message import DecodeError
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        run(str(src), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     except (DecodeError, OSError) as e:
         free_mib = shutil.disk_usage(pre.parent).free / 2**20
         raise RuntimeError(
@@ -309,7 +310,6 @@ def quantize_int8(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     settings = quantization_settings(per_channel=per_channel, method=method, mode=mode)
     symmetric = mode == TENSORRT_INT8_MODE
@@ -338,7 +338,7 @@ def quantize_int8(
         # Identity copies of shared weights (GUN's shared trunk, ShelfNet's shared-weights
         # blocks) back into initializers, so those convolutions get quantised too.
         pre = Path(tmp) / "pre.onnx"
-        _pre_process(quant_pre_process, src, pre)
+        _pre_process(src, pre)
         model = onnx.load(str(pre))
         ensure_node_names(model)
         stem, head = excluded_nodes(model)
